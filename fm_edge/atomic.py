@@ -1,0 +1,66 @@
+"""Atomic artifact writes: build under a temporary name in the same folder, then ``os.replace``.
+
+A killed or failed run never leaves a half-written file or folder under the final name, and an existing
+good artifact survives a failed attempt untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fm_edge.errors import UsageError
+
+
+def _parent(final: Path) -> Path:
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {str(parent)!r}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"output folder {str(parent)!r} is not writable")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike):
+    """Yield a temporary path beside ``final``; on success it replaces ``final``, on error it is removed."""
+    final = Path(final)
+    parent = _parent(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike):
+    """Yield a temporary folder beside ``final``; on success it replaces ``final`` (old one removed)."""
+    final = Path(final)
+    parent = _parent(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``final`` atomically."""
+    with atomic_file(final) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,144 @@
+"""The velocity network: diffusers UNet2DModel presets, the checkpoint folder, and the torch ``velocity`` backend.
+
+A checkpoint is a diffusers ``save_pretrained`` folder (config.json + diffusion_pytorch_model.safetensors,
+EMA weights) plus ``fm_edge.json`` (convention, preset, recommended sampler) and a model card README.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from fm_edge import __version__
+from fm_edge.convention import CONVENTION, MODEL_SIZE, NUM_CLASS_EMBEDS, T_SCALE
+from fm_edge.errors import FmEdgeError, UsageError
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+FM_CONFIG = "fm_edge.json"
+SHIPPED = Path(__file__).parent / "checkpoints" / "compact-mnist"
+
+_BASE = dict(
+    sample_size=MODEL_SIZE,
+    in_channels=1,
+    out_channels=1,
+    num_class_embeds=NUM_CLASS_EMBEDS,
+)
+
+PRESETS: dict[str, dict] = {
+    # google/ddpm-cifar10-32 exactly (35.7M parameters), with one input/output channel: for GPUs.
+    "ddpm-cifar10-32": dict(
+        _BASE,
+        block_out_channels=(128, 256, 256, 256),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        downsample_padding=0,
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        norm_eps=1e-6,
+        norm_num_groups=32,
+        time_embedding_type="positional",
+    ),
+    # Sized for 2 CPU cores (0.64M parameters, ~100 training images/s here): no attention (Softmax has
+    # no int8 kernel in ORT), one ResNet per level, 32x32 -> 16 -> 8. The README's "compact preset"
+    # section has the measurements behind the choice.
+    "compact": dict(
+        _BASE,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ),
+    # For tests: a few thousand parameters.
+    "tiny": dict(
+        _BASE,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ),
+}
+
+#: Few-step sampler used when a checkpoint's fm_edge.json recommends none.
+DEFAULT_SAMPLER = {"solver": "euler", "steps": 4, "cfg_scale": 2.0, "shift": 1.0}
+
+
+def build(preset: str):
+    """A freshly initialised UNet2DModel of the named preset."""
+    from diffusers import UNet2DModel
+
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    return UNet2DModel(**PRESETS[preset])
+
+
+def fm_config(preset: str, sampler: dict | None = None, **extra) -> dict:
+    """The small fm-edge config stored next to the diffusers config."""
+    return {
+        "fm_edge_version": __version__,
+        "preset": preset,
+        **CONVENTION,
+        "sampler": dict(sampler or DEFAULT_SAMPLER),
+        **extra,
+    }
+
+
+def weights_hash(folder: str | os.PathLike) -> str:
+    """sha256 of the checkpoint's safetensors file (identifies the weights in exported artifacts)."""
+    h = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_fm_config(folder: str | os.PathLike) -> dict:
+    """fm_edge.json of a checkpoint folder (empty dict when absent)."""
+    path = Path(folder) / FM_CONFIG
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FmEdgeError(f"{path} is not valid JSON: {exc}") from None
+
+
+def resolve(folder: str | os.PathLike | None) -> Path:
+    """The checkpoint folder to use: the given one, or the shipped default; checks its files exist."""
+    path = Path(folder) if folder else SHIPPED
+    if not path.is_dir():
+        raise UsageError(f"checkpoint {str(path)!r} is not a folder (expected a save_pretrained folder)")
+    for name in ("config.json", WEIGHTS):
+        if not (path / name).is_file():
+            raise UsageError(f"checkpoint {str(path)!r} has no {name}: not a fm-edge checkpoint folder")
+    return path
+
+
+def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
+    """Load (model in eval mode, fm_edge config) from a checkpoint folder (safetensors only)."""
+    from diffusers import UNet2DModel
+
+    path = resolve(folder)
+    try:
+        model = UNet2DModel.from_pretrained(path, use_safetensors=True)
+    except Exception as exc:  # diffusers raises OSError/ValueError/SafetensorError for bad files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FmEdgeError(f"checkpoint {str(path)!r} could not be loaded: {msg}") from None
+    return model.to(device).eval(), read_fm_config(path)
+
+
+def velocity_fn(model):
+    """The torch backend: ``velocity(x, t, labels)`` with t in [0, 1] (a float or a [B] tensor)."""
+    import torch
+
+    @torch.no_grad()
+    def velocity(x, t, labels):
+        tt = torch.as_tensor(t, dtype=torch.float32, device=x.device).reshape(-1)
+        tt = tt.expand(x.shape[0]) * T_SCALE
+        return model(x, tt, class_labels=labels).sample
+
+    return velocity

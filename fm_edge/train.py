@@ -1,0 +1,281 @@
+"""Training: flow matching on MNIST with AdamW, EMA, gradient clipping, atomic resumable checkpoints.
+
+Runs under Accelerate, so ``fm-edge train`` works unchanged with ``accelerate launch`` on several
+processes (CPU/gloo or GPUs). Each step's randomness (noise, t, label dropout) is seeded from
+(seed, step, process), and each epoch's order from (seed, epoch), so ``--resume latest`` repeats the
+original run exactly from its last complete ``checkpoint-<step>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fm_edge.atomic import atomic_dir
+from fm_edge.errors import FmEdgeError, UsageError
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    preset: str = "compact"
+    data: str | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 500
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    label_dropout: float = 0.1
+    time_sampling: str = "uniform"
+    epochs: float = 10.0
+    max_steps: int | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    seed: int = 0
+    bf16: bool = False
+    compile: bool = False
+    num_threads: int | None = None
+    limit: int | None = None  # use only the first N training images (tests, smoke runs)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.label_dropout < 1:
+            raise UsageError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
+
+
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The complete checkpoint-<step>/ with the highest step (temporary folders are ignored)."""
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))]
+    found = [(s, p) for s, p in found if (p / "state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    final = out / f"checkpoint-{step}"
+    with atomic_dir(final) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        ema_sd = {f"shadow.{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}
+        save_file(ema_sd, tmp / "ema.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        state = dict(state, ema_optimization_step=ema.optimization_step)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    old = sorted(
+        (int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))
+    )
+    for _, p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        shadow = load_file(path / "ema.safetensors")
+        for i, p in enumerate(ema.shadow_params):
+            p.data.copy_(shadow[f"shadow.{i}"])
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        state = json.loads((path / "state.json").read_text())
+    except Exception as exc:
+        raise FmEdgeError(f"checkpoint {str(path)!r} could not be resumed: {exc}") from None
+    ema.optimization_step = state.get("ema_optimization_step", state["step"])
+    return state
+
+
+def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
+    """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
+    import copy
+
+    from fm_edge.card import write_card
+    from fm_edge.model import FM_CONFIG, fm_config
+
+    ema_model = copy.deepcopy(model)
+    ema.copy_to(ema_model.parameters())
+    config = fm_config(
+        cfg.preset,
+        sampler=sampler,
+        training={k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "data")}
+        | {
+            "data": cfg.data or "ylecun/mnist",
+            "steps": state["step"],
+            "images_seen": state["images_seen"],
+            "train_seconds": round(state["train_seconds"], 1),
+            "final_loss_ema": state.get("loss_ema"),
+        },
+    )
+    final = out_dir / "model"
+    with atomic_dir(final) as tmp:
+        ema_model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / FM_CONFIG).write_text(json.dumps(config, indent=1))
+        write_card(tmp, config)
+    return final
+
+
+def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Train, checkpointing every ``checkpoint_every`` steps; returns the inference folder."""
+    cfg.validate()
+    import torch
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from fm_edge.convention import encode_uint8
+    from fm_edge.data import load_split
+    from fm_edge.flow import loss_fn, sample_t
+    from fm_edge.model import build
+
+    sample_t(1, cfg.time_sampling, torch.Generator())  # validates the name before any work
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror}") from None
+
+    images, labels = load_split(cfg.data, "train")
+    if cfg.limit:
+        images, labels = images[: cfg.limit], labels[: cfg.limit]
+    x_all = torch.from_numpy(encode_uint8(images))
+    y_all = torch.from_numpy(labels)
+    n = len(x_all)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.batch_size * world
+    steps_per_epoch = max(1, n // per_step)
+    total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.preset)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": []}
+    if resume:
+        path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if path is None:
+            accelerator.print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
+        elif not (path / "state.json").is_file():
+            raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
+        else:
+            state = _load_checkpoint(path, model, ema, optimizer)
+            accelerator.print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)), last_epoch=state["step"] - 1
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.compile:
+        model = torch.compile(model)
+    ema.to(accelerator.device)
+    model.train()
+
+    bar = tqdm(
+        total=total, initial=state["step"], disable=not (progress and accelerator.is_main_process),
+        desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+    )
+    step, t_start, start_step = state["step"], time.time(), state["step"]
+    loss_ema = state.get("loss_ema")
+    perm, perm_epoch = None, -1
+    while step < total:
+        # 1. this step's batch: a seeded permutation per epoch, sharded by process
+        epoch, within = divmod(step, steps_per_epoch)
+        if epoch != perm_epoch:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            perm_epoch = epoch
+        idx = perm[within * per_step + rank * cfg.batch_size :][: cfg.batch_size]
+        x0, y = x_all[idx].to(accelerator.device), y_all[idx].to(accelerator.device)
+        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+        # 2. flow-matching loss, backward, clip, update, EMA
+        with accelerator.autocast():
+            loss = loss_fn(model, x0, y, gen, cfg.time_sampling, cfg.label_dropout)
+        if not torch.isfinite(loss):
+            raise FmEdgeError(
+                f"loss is {loss.item()} at step {step + 1}: stopping (lower --lr or check the data); "
+                "the last checkpoint is intact"
+            )
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(accelerator.unwrap_model(model).parameters())
+        step += 1
+        # 3. bookkeeping: progress bar, loss log, checkpoint
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        state.update(step=step, images_seen=state["images_seen"] + per_step, loss_ema=loss_ema)
+        state["losses"].append([step, round(lv, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}", epoch=f"{step / steps_per_epoch:.2f}")
+        if step % cfg.checkpoint_every == 0 or step == total:
+            elapsed = time.time() - t_start
+            state["train_seconds"] = state["train_seconds"] + elapsed
+            t_start = time.time()
+            if accelerator.is_main_process:
+                _save_checkpoint(
+                    out, step, accelerator.unwrap_model(model), ema, optimizer, state, cfg.keep_checkpoints
+                )
+            accelerator.wait_for_everyone()
+    bar.close()
+    state["train_seconds"] += time.time() - t_start
+    run_steps = step - start_step
+    if run_steps and accelerator.is_main_process:
+        secs = max(1e-9, state["train_seconds"])
+        accelerator.print(
+            f"{state['images_seen'] / secs:.1f} images/s over {state['step']} steps "
+            f"({'bf16' if cfg.bf16 else 'fp32'}, {world} process(es))",
+            file=sys.stderr,
+        )
+    final = out / "model"
+    if accelerator.is_main_process:
+        final = export_inference(out, accelerator.unwrap_model(model), ema, cfg, state)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def main(args) -> Path:
+    """``fm-edge train``: build a TrainConfig from the CLI flags and train."""
+    cfg = TrainConfig(
+        output_dir=args.output_dir,
+        preset=args.preset,
+        data=args.data,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        checkpoint_every=args.checkpoint_every,
+        time_sampling=args.time_sampling,
+        label_dropout=args.label_dropout,
+        ema_decay=args.ema_decay,
+        bf16=args.bf16,
+        compile=args.compile,
+        limit=args.limit,
+        seed=args.seed,
+        num_threads=args.num_threads,
+    )
+    from fm_edge.model import PRESETS
+
+    if cfg.preset not in PRESETS:
+        raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
+    return train(cfg, resume=args.resume)
