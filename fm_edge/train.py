@@ -148,7 +148,9 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     sample_t(1, cfg.time_sampling, torch.Generator())  # validates the name before any work
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # cpu=True where there is no GPU: then a torchrun/`accelerate launch --multi_gpu` environment with
+    # several processes becomes a gloo MULTI_CPU run instead of silently training each process alone.
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         try:

@@ -1,0 +1,160 @@
+"""The evaluator, ``fm-edge evaluate samples.npz``: FD against MNIST test, label accuracy, class histogram.
+
+All three are read through the project's own MNIST classifier (:mod:`fm_edge.classifier`, weights and
+MNIST-test feature statistics shipped in ``fm_edge/assets/evaluator/``):
+
+- **fd**: the Fréchet distance between a Gaussian fitted to the samples' features and one fitted to the 10k
+  MNIST test digits. FD is biased upward at small N, so the report puts beside it the **floor**: the FD of
+  the same number of real MNIST *train* digits (measured when the assets were made, at the nearest N).
+- **label_accuracy**: the share of conditional samples (labels 0-9) the classifier reads as the requested
+  digit; unconditional samples (label 10) are left out. None when there are no conditional samples.
+- **class_histogram**: how many samples the classifier assigns to each digit 0-9.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, NUM_CLASSES, check_labels
+from fm_edge.errors import UsageError
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (tiny negative eigenvalues -> 0)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 without scipy.
+
+    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``, where the last trace is computed as
+    ``tr((S1^(1/2) S2 S1^(1/2))^(1/2))``: the same eigenvalues, but of a symmetric PSD matrix, so two
+    symmetric eigen-decompositions do it stably (no complex parts, no sqrtm iteration).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
+    r1 = _sqrt_psd(s1)
+    m = r1 @ s2 @ r1
+    w = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sqrt(np.clip(w, 0, None)).sum()
+    diff = mu1 - mu2
+    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean
+    return float(max(fd, 0.0))
+
+
+_CACHE: dict = {}
+
+
+def _evaluator():
+    if "ev" not in _CACHE:
+        from fm_edge.classifier import load
+
+        _CACHE["ev"] = load()
+    return _CACHE["ev"]
+
+
+def nearest_floor(n: int, floors: dict) -> tuple[float | None, int | None]:
+    """The shipped real-train FD floor whose N is nearest to n (on a log scale), and that N."""
+    ns = sorted(int(k) for k in floors)
+    if not ns:
+        return None, None
+    best = min(ns, key=lambda k: abs(math.log(k) - math.log(max(n, 1))))
+    return float(floors[str(best)]), best
+
+
+def check_images(images) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UsageError(f"images are {arr.dtype} {arr.shape}: expected uint8 N x 28 x 28")
+    if len(arr) == 0:
+        raise UsageError("no images to evaluate: the samples file is empty")
+    return arr
+
+
+def evaluate_images(images, labels) -> dict:
+    """Evaluate uint8 [N,28,28] samples generated for ``labels`` (int [N], 0-9 or 10 = unconditional)."""
+    images = check_images(images)
+    labels = check_labels(labels)
+    if labels.shape != (len(images),):
+        raise UsageError(f"labels have shape {labels.shape}: expected ({len(images)},), one per image")
+    from fm_edge.classifier import feature_stats, run_batches
+
+    model, stats, meta = _evaluator()
+    feats, logits = run_batches(model, images)
+    pred = logits.argmax(1)
+    n = len(images)
+    cond = labels != NULL_LABEL
+    fd = frechet_distance(*feature_stats(feats), stats["mu"], stats["sigma"]) if n >= 2 else None
+    floor, floor_n = nearest_floor(n, meta["fd_floor"])
+    per_class = {}
+    for d in range(NUM_CLASSES):
+        sel = labels == d
+        if sel.any():
+            per_class[str(d)] = float((pred[sel] == d).mean())
+    return {
+        "n": n,
+        "n_conditional": int(cond.sum()),
+        "fd": fd,
+        "fd_floor": floor,
+        "fd_floor_n": floor_n,
+        "label_accuracy": float((pred[cond] == labels[cond]).mean()) if cond.any() else None,
+        "label_accuracy_per_digit": per_class,
+        "class_histogram": np.bincount(pred, minlength=NUM_CLASSES).tolist(),
+        "evaluator_test_accuracy": float(meta["test_accuracy"]),
+        "evaluator": meta["arch"],
+    }
+
+
+def format_report(r: dict) -> str:
+    """The compact human-readable report."""
+    fd = "n/a (needs >= 2 images)" if r["fd"] is None else f"{r['fd']:.3f}"
+    floor = "n/a" if r["fd_floor"] is None else f"{r['fd_floor']:.3f} for {r['fd_floor_n']} real train digits"
+    acc = (
+        "n/a (no conditional samples)"
+        if r["label_accuracy"] is None
+        else f"{r['label_accuracy']:.2%} of {r['n_conditional']} conditional samples read as their digit"
+    )
+    hist = " ".join(f"{d}:{c}" for d, c in enumerate(r["class_histogram"]))
+    return "\n".join(
+        [
+            f"samples         {r['n']}",
+            f"FD vs MNIST test {fd}   (floor: {floor})",
+            f"label accuracy  {acc}",
+            f"class histogram {hist}",
+            f"evaluator       {r['evaluator']}, MNIST test accuracy {r['evaluator_test_accuracy']:.2%}",
+        ]
+    )
+
+
+def main(args):
+    """``fm-edge evaluate samples.npz [--json r.json]``: print the report; return the JSON path or None."""
+    from fm_edge.images import load_samples
+
+    images, labels = load_samples(args.samples)
+    check_labels(labels)
+    if len(images) == 0:
+        raise UsageError(f"{args.samples!r} holds no images")
+    if args.json and not str(args.json).endswith(".json"):
+        raise UsageError(f"--json {args.json!r} must end in .json")
+    import torch
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    print(f"evaluating {len(images)} samples from {args.samples}", file=sys.stderr)
+    report = evaluate_images(images, labels)
+    report["samples"] = str(args.samples)
+    print(format_report(report), flush=True)
+    if args.json:
+        import json
+
+        from fm_edge.atomic import write_bytes
+
+        write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
+        return args.json
+    return None

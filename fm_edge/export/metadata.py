@@ -1,0 +1,85 @@
+"""The facts an app needs, stored in every exported .onnx file's ``metadata_props`` (all values are strings).
+
+Both files carry the convention (time direction, t scale, image size and padding, normalisation, null label),
+the preset, the fm-edge version and the sha256 of the checkpoint weights. ``velocity.onnx`` adds the
+checkpoint's recommended sampler as a JSON string; ``sampler.onnx`` adds the solver, step count, time shift
+and CFG scale baked into (or recommended for) its graph.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fm_edge import __version__
+from fm_edge.convention import CONVENTION
+from fm_edge.errors import FmEdgeError
+
+
+def recommended_sampler(fm: dict) -> dict:
+    """The checkpoint's recommended few-step sampler, filled in with the package default."""
+    from fm_edge.model import DEFAULT_SAMPLER
+
+    return dict(DEFAULT_SAMPLER, **fm.get("sampler", {}))
+
+
+def check_convention(checkpoint: Path, fm: dict) -> None:
+    """Refuse a checkpoint whose fm_edge.json states a different convention than this fm-edge uses."""
+    for key, value in CONVENTION.items():
+        if key in fm and str(fm[key]) != value:
+            raise FmEdgeError(
+                f"checkpoint {str(checkpoint)!r} has {key}={fm[key]!r} but this fm-edge uses {value!r}: "
+                "it cannot be exported with this version"
+            )
+
+
+def common_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
+    """Convention, preset, version and weights hash: the part shared by velocity.onnx and sampler.onnx."""
+    from fm_edge.model import weights_hash
+
+    return {
+        **CONVENTION,
+        "preset": str(fm.get("preset", "unknown")),
+        "fm_edge_version": __version__,
+        "checkpoint_sha256": weights_hash(checkpoint),
+    }
+
+
+def velocity_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
+    return {
+        **common_metadata(checkpoint, fm),
+        "model": "velocity",
+        "inputs": "sample float32 [B,1,32,32]; timestep float32 [B] = t * t_scale; class_labels int64 [B]",
+        "outputs": "velocity float32 [B,1,32,32] = d x_t / dt",
+        "recommended_sampler": json.dumps(recommended_sampler(fm), sort_keys=True),
+    }
+
+
+def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift: float) -> dict[str, str]:
+    from fm_edge.solvers import nfe
+
+    rec = recommended_sampler(fm)
+    return {
+        **common_metadata(checkpoint, fm),
+        "model": "sampler",
+        "inputs": "noise float32 [B,1,32,32] ~ N(0,I); class_labels int64 [B] (0-9, 10 = unconditional); "
+        "cfg_scale float32 scalar (1 = no guidance)",
+        "outputs": "images uint8 [B,28,28]",
+        "solver": solver,
+        "steps": str(steps),
+        "shift": str(float(shift)),
+        "nfe": str(nfe(solver, steps)),
+        "cfg_scale": str(float(rec["cfg_scale"])),
+        "recommended_sampler": json.dumps(dict(rec, solver=solver, steps=steps, shift=shift), sort_keys=True),
+    }
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    """Replace an onnx ModelProto's metadata_props with ``metadata`` (sorted, every value a string)."""
+    del model.metadata_props[:]
+    for key in sorted(metadata):
+        value = metadata[key]
+        if not isinstance(value, str):
+            raise FmEdgeError(f"metadata {key!r} must be a string, got {type(value).__name__}")
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value

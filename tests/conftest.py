@@ -1,0 +1,35 @@
+"""Shared fixtures: the shipped tiny MNIST slice and a tiny (untrained) checkpoint folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+TINY_DATA = Path(__file__).parent / "data" / "mnist_tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> str:
+    return str(TINY_DATA)
+
+
+def make_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A save_pretrained folder of the ``tiny`` preset with an fm_edge.json, like a trained one."""
+    import torch
+
+    from fm_edge.model import FM_CONFIG, build, fm_config
+
+    torch.manual_seed(seed)
+    model = build("tiny")
+    with torch.no_grad():  # diffusers zero-initialises the output conv; make the net depend on its input
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+    model.save_pretrained(folder, safe_serialization=True)
+    cfg = fm_config("tiny", sampler={"solver": "heun", "steps": 3, "cfg_scale": 1.5, "shift": 1.0})
+    (Path(folder) / FM_CONFIG).write_text(json.dumps(cfg))
+    return Path(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
