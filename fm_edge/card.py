@@ -47,7 +47,14 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         lines += [f"Training time: {tr['train_seconds'] / 60:.1f} min ({tr.get('images_seen')} images).", ""]
     quality = quality or config.get("quality")
     if quality:
-        lines += ["## Measured quality (fm-edge evaluator)", "", "```json", json.dumps(quality, indent=1), "```", ""]
+        lines += [
+            "## Measured quality (fm-edge evaluator)",
+            "",
+            "```json",
+            json.dumps(quality, indent=1),
+            "```",
+            "",
+        ]
         if (folder / "samples.png").exists():
             lines += ["![10x10 samples](samples.png)", ""]
     (folder / "README.md").write_text("\n".join(lines))

@@ -281,6 +281,7 @@ def make_assets(
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / STATS_FILE).write_bytes(buf.getvalue())
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
     return output_dir
 
 

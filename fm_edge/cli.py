@@ -33,25 +33,35 @@ EXTRAS = {
 
 
 def _sampler_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps") -> None:
-    p.add_argument(steps_flag, type=int, default=None, help="ODE steps (default: the checkpoint's recommendation)")
-    p.add_argument("--solver", default=None, help=f"one of {', '.join(SOLVER_CHOICES)} (default: recommended)")
+    p.add_argument(
+        steps_flag, type=int, default=None, help="ODE steps (default: the checkpoint's recommendation)"
+    )
+    p.add_argument(
+        "--solver", default=None, help=f"one of {', '.join(SOLVER_CHOICES)} (default: recommended)"
+    )
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--shift", type=float, default=None, help="time-grid shift (>1: more steps near noise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fm-edge", description="Flow-matching MNIST digits, from training to the edge.")
+    parser = argparse.ArgumentParser(
+        prog="fm-edge", description="Flow-matching MNIST digits, from training to the edge."
+    )
     parser.add_argument("--version", action="version", version=f"fm-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a flow-matching UNet on MNIST (resumable)")
     p.add_argument("-o", "--output-dir", default="runs/compact", help="run folder (checkpoints and model/)")
     p.add_argument("--preset", default="compact", help="model preset: compact, ddpm-cifar10-32 or tiny")
-    p.add_argument("--data", default=None, help="local MNIST folder in the hub layout (default: hub ylecun/mnist)")
+    p.add_argument(
+        "--data", default=None, help="local MNIST folder in the hub layout (default: hub ylecun/mnist)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--epochs", type=float, default=10.0)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)"
+    )
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint-<step> folder")
     p.add_argument("--time-sampling", default="uniform", help="uniform or logit-normal")
@@ -68,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="torch or onnx")
     _sampler_flags(p)
     p.add_argument("--num-samples", type=int, default=100)
-    p.add_argument("--label", type=int, default=None, help="digit 0-9 (10 = unconditional); default cycles 0-9")
+    p.add_argument(
+        "--label", type=int, default=None, help="digit 0-9 (10 = unconditional); default cycles 0-9"
+    )
     p.add_argument("--unconditional", action="store_true", help="sample with the null label")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--reference", action="store_true", help="also solve with dopri5 and report the distance")
@@ -76,12 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
 
-    p = sub.add_parser("evaluate", help="FD, label accuracy and class histogram of samples.npz")
-    p.add_argument("samples", help="an .npz written by fm-edge sample")
+    p = sub.add_parser(
+        "evaluate", help="FD, label accuracy and class histogram of samples.npz (or --nfe-curve)"
+    )
+    p.add_argument("samples", nargs="?", help="an .npz written by fm-edge sample")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.add_argument("--nfe-curve", action="store_true", help="instead: quality against NFE for a checkpoint")
+    p.add_argument("--model", default=None, help="--nfe-curve: checkpoint folder (default: the shipped one)")
+    p.add_argument("--solvers", default="euler,heun", help="--nfe-curve: solvers to compare")
+    p.add_argument("--steps-list", default="1,2,4,8,16,32", help="--nfe-curve: step counts")
+    p.add_argument("--num-samples", type=int, default=2000, help="--nfe-curve: samples per point")
+    p.add_argument("--reference-samples", type=int, default=100, help="--nfe-curve: dopri5 subset (0: skip)")
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--shift", type=float, default=None)
+    p.add_argument("-o", "--output-dir", default="eval", help="--nfe-curve: where nfe_curve.json/.png go")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=None)
 
-    p = sub.add_parser("export", help="export the velocity net and the whole sampler to ONNX (--int8: quantize)")
+    p = sub.add_parser(
+        "export", help="export the velocity net and the whole sampler to ONNX (--int8: quantize)"
+    )
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("-o", "--output-dir", default="onnx", help="folder for velocity.onnx, sampler.onnx, ...")
     p.add_argument("--sampler-steps", type=int, default=None, help="steps baked into sampler.onnx")

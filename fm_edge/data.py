@@ -37,9 +37,7 @@ def load_split(data: str | None = None, split: str = "train"):
         ) from None
     missing = {"image", "label"} - set(ds.column_names)
     if missing:
-        raise UsageError(
-            f"dataset {source!r} lacks column(s) {sorted(missing)}: MNIST needs image and label"
-        )
+        raise UsageError(f"dataset {source!r} lacks column(s) {sorted(missing)}: MNIST needs image and label")
     return to_arrays(ds, source)
 
 

@@ -8,7 +8,17 @@ import sys
 
 from fm_edge import __version__
 
-PACKAGES = ("numpy", "torch", "diffusers", "datasets", "accelerate", "onnx", "onnxruntime", "torchao", "gradio")
+PACKAGES = (
+    "numpy",
+    "torch",
+    "diffusers",
+    "datasets",
+    "accelerate",
+    "onnx",
+    "onnxruntime",
+    "torchao",
+    "gradio",
+)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 

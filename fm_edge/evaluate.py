@@ -114,7 +114,12 @@ def evaluate_images(images, labels) -> dict:
 def format_report(r: dict) -> str:
     """The compact human-readable report."""
     fd = "n/a (needs >= 2 images)" if r["fd"] is None else f"{r['fd']:.3f}"
-    floor = "n/a" if r["fd_floor"] is None else f"{r['fd_floor']:.3f} for {r['fd_floor_n']} real train digits"
+    if r["fd_floor"] is None:
+        floor = "n/a"
+    else:
+        floor = f"{r['fd_floor']:.3f} for {r['fd_floor_n']} real train digits"
+        if r["fd_floor_n"] != r["n"]:
+            floor += f"; not like for like at n={r['n']}, FD grows as n shrinks"
     acc = (
         "n/a (no conditional samples)"
         if r["label_accuracy"] is None
@@ -134,6 +139,12 @@ def format_report(r: dict) -> str:
 
 def main(args):
     """``fm-edge evaluate samples.npz [--json r.json]``: print the report; return the JSON path or None."""
+    if getattr(args, "nfe_curve", False):
+        from fm_edge.curve import main as curve_main
+
+        return curve_main(args)
+    if not args.samples:
+        raise UsageError("give a samples .npz to evaluate (or --nfe-curve)")
     from fm_edge.images import load_samples
 
     images, labels = load_samples(args.samples)

@@ -60,7 +60,9 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:
         raise UsageError(f"{str(path)!r} is not a readable .npz ({type(exc).__name__})") from None
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise UsageError(f"{str(path)!r} images are {images.dtype} {images.shape}: expected uint8 N x 28 x 28")
+        raise UsageError(
+            f"{str(path)!r} images are {images.dtype} {images.shape}: expected uint8 N x 28 x 28"
+        )
     if labels.shape != (len(images),):
         raise UsageError(f"{str(path)!r} labels have shape {labels.shape}: expected ({len(images)},)")
     return images, labels

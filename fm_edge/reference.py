@@ -8,8 +8,14 @@ from fm_edge.sample import Backend, make_noise
 from fm_edge.solvers import guided
 
 
-def reference_solve(backend: Backend, noise: np.ndarray, labels: np.ndarray, cfg_scale: float,
-                    rtol: float = 1e-5, atol: float = 1e-5) -> tuple[np.ndarray, int]:
+def reference_solve(
+    backend: Backend,
+    noise: np.ndarray,
+    labels: np.ndarray,
+    cfg_scale: float,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> tuple[np.ndarray, int]:
     """Integrate from t=1 to t=0 with dopri5; returns (x0 in model space, number of velocity calls)."""
     import torch
     from torchdiffeq import odeint
@@ -29,8 +35,9 @@ def reference_solve(backend: Backend, noise: np.ndarray, labels: np.ndarray, cfg
     return backend.to_numpy(xs[-1]), calls[0]
 
 
-def distance_to_reference(backend: Backend, x: np.ndarray, labels: np.ndarray, cfg_scale: float,
-                          seed: int) -> dict:
+def distance_to_reference(
+    backend: Backend, x: np.ndarray, labels: np.ndarray, cfg_scale: float, seed: int
+) -> dict:
     """RMS and max distance (model space, [-1, 1]) between few-step samples ``x`` and the dopri5 solution."""
     ref, calls = reference_solve(backend, make_noise(len(x), seed), labels, cfg_scale)
     diff = np.asarray(x, np.float32) - ref

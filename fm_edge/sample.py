@@ -7,14 +7,14 @@ imports only :mod:`fm_edge.runtime` (numpy + onnxruntime), so a torch-free insta
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from fm_edge.convention import MODEL_SIZE, decode_uint8, default_labels
 from fm_edge.errors import UsageError
-from fm_edge.solvers import check_solver, nfe, sample
+from fm_edge.solvers import check_cfg, check_solver, nfe, sample, time_grid
 
 BACKENDS = ("torch", "onnx")
 
@@ -90,6 +90,7 @@ def generate(
 ) -> np.ndarray:
     """Sample len(labels) digits; uint8 [N,28,28] (or the float model-space x when ``raw``)."""
     check_solver(solver, steps)
+    check_cfg(cfg_scale)
     n = len(labels)
     x1 = make_noise(n, seed) if noise is None else noise
     if batch_size < 1:
@@ -98,17 +99,21 @@ def generate(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n * steps, desc=f"sample ({solver}, {steps} steps)", unit="img-step", file=sys.stderr)
+        bar = tqdm(
+            total=n * steps, desc=f"sample ({solver}, {steps} steps)", unit="img-step", file=sys.stderr
+        )
     outs = []
-    for i in range(0, n, batch_size):
-        xb = backend.to_native(x1[i : i + batch_size])
-        yb = backend.to_native(np.asarray(labels[i : i + batch_size], dtype=np.int64))
-        nb = len(labels[i : i + batch_size])
-        cb = (lambda s, total, nb=nb: bar.update(nb)) if bar else None
-        x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
-        outs.append(backend.to_numpy(x0))
-    if bar:
-        bar.close()
+    try:
+        for i in range(0, n, batch_size):
+            xb = backend.to_native(x1[i : i + batch_size])
+            yb = backend.to_native(np.asarray(labels[i : i + batch_size], dtype=np.int64))
+            nb = len(labels[i : i + batch_size])
+            cb = (lambda s, total, nb=nb: bar.update(nb)) if bar else None
+            x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
+            outs.append(backend.to_numpy(x0))
+    finally:
+        if bar:
+            bar.close()
     x = np.concatenate(outs) if outs else np.zeros((0, 1, MODEL_SIZE, MODEL_SIZE), np.float32)
     return x if raw else decode_uint8(x)
 
@@ -116,11 +121,18 @@ def generate(
 def resolve_sampler(args, recommended: dict) -> dict:
     """CLI flags override the model's recommended solver, steps, CFG scale and shift."""
     s = dict(recommended)
-    for key, flag in (("steps", "steps"), ("solver", "solver"), ("cfg_scale", "cfg_scale"), ("shift", "shift")):
+    for key, flag in (
+        ("steps", "steps"),
+        ("solver", "solver"),
+        ("cfg_scale", "cfg_scale"),
+        ("shift", "shift"),
+    ):
         val = getattr(args, flag, None)
         if val is not None:
             s[key] = val
     check_solver(s["solver"], s["steps"])
+    check_cfg(s["cfg_scale"])
+    time_grid(1, s["shift"])  # validates the shift
     return s
 
 
@@ -136,8 +148,16 @@ def main(args):
     backend = make_backend(args.backend, args.model, args.num_threads)
     s = resolve_sampler(args, backend.sampler)
     x = generate(
-        backend, labels, s["steps"], s["solver"], s["cfg_scale"], s["shift"], args.seed, args.batch_size,
-        progress=True, raw=True,
+        backend,
+        labels,
+        s["steps"],
+        s["solver"],
+        s["cfg_scale"],
+        s["shift"],
+        args.seed,
+        args.batch_size,
+        progress=True,
+        raw=True,
     )
     print(
         f"{args.num_samples} samples, {s['solver']} x {s['steps']} steps = NFE {nfe(s['solver'], s['steps'])}, "
@@ -150,7 +170,10 @@ def main(args):
         from fm_edge.reference import distance_to_reference
 
         d = distance_to_reference(backend, x, labels, s["cfg_scale"], args.seed)
-        print(f"distance to the dopri5 solution: RMS {d['rms']:.4f}, max {d['max']:.4f} (model space)", file=sys.stderr)
+        print(
+            f"distance to the dopri5 solution: RMS {d['rms']:.4f}, max {d['max']:.4f} (model space)",
+            file=sys.stderr,
+        )
     from fm_edge.images import save_samples
 
     return save_samples(args.output, decode_uint8(x), labels)

@@ -8,7 +8,7 @@ it and broadcasts it to shape [B]. See :mod:`fm_edge.convention` for the time di
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from fm_edge.errors import UsageError
 
 SOLVERS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # velocity evaluations per step
 MAX_STEPS = 1024
+MAX_CFG = 20.0
 
 
 def check_solver(solver: str, steps: int) -> None:
@@ -49,10 +50,19 @@ def _cat(a, b):
     return torch.cat([a, b])
 
 
+def check_cfg(cfg_scale: float) -> None:
+    """Raise a UsageError unless the CFG scale is finite and within 0..MAX_CFG."""
+    if (
+        not isinstance(cfg_scale, (int, float))
+        or not math.isfinite(cfg_scale)
+        or not 0 <= cfg_scale <= MAX_CFG
+    ):
+        raise UsageError(f"cfg scale {cfg_scale} is out of range: use a finite value from 0 to {MAX_CFG:g}")
+
+
 def guided(velocity: Callable, cfg_scale: float, null_label: int = 10) -> Callable:
     """Wrap ``velocity`` with classifier-free guidance: v_u + s * (v_c - v_u), in one batched call."""
-    if not math.isfinite(cfg_scale) or not 0.0 <= cfg_scale <= 20.0:
-        raise UsageError(f"cfg scale {cfg_scale} is out of range: use a finite value from 0 to 20")
+    check_cfg(cfg_scale)
     if cfg_scale == 1.0:
         return velocity
 
@@ -69,7 +79,7 @@ def guided(velocity: Callable, cfg_scale: float, null_label: int = 10) -> Callab
 
 def sample(
     velocity: Callable,
-    x: "np.ndarray",
+    x: np.ndarray,
     labels,
     steps: int,
     solver: str = "euler",

@@ -78,9 +78,7 @@ def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, k
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         state = dict(state, ema_optimization_step=ema.optimization_step)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    old = sorted(
-        (int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))
-    )
+    old = sorted((int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := CKPT_RE.match(p.name)))
     for _, p in old[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
     return final
@@ -193,8 +191,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     model.train()
 
     bar = tqdm(
-        total=total, initial=state["step"], disable=not (progress and accelerator.is_main_process),
-        desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+        total=total,
+        initial=state["step"],
+        disable=not (progress and accelerator.is_main_process),
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
     step, t_start, start_step = state["step"], time.time(), state["step"]
     loss_ema = state.get("loss_ema")

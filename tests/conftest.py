@@ -33,3 +33,15 @@ def make_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_ckpt, tmp_path_factory) -> Path:
+    """A folder with velocity.onnx and sampler.onnx exported (and validated) from ``tiny_ckpt``."""
+    import io
+
+    from fm_edge.export import export
+
+    out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
+    export(tiny_ckpt, out, num_threads=1, log=io.StringIO())
+    return out

@@ -57,7 +57,9 @@ def test_higher_order_solvers_converge_faster():
 def test_torch_tensors_work_too():
     torch = pytest.importorskip("torch")
     x1 = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sample(lambda x, t, y: torch.full_like(x, 2.0 * t), x1, torch.zeros(3, dtype=torch.int64), 2, "heun")
+    out = sample(
+        lambda x, t, y: torch.full_like(x, 2.0 * t), x1, torch.zeros(3, dtype=torch.int64), 2, "heun"
+    )
     assert isinstance(out, torch.Tensor)
     torch.testing.assert_close(out, x1 - 1.0)
 
@@ -83,7 +85,12 @@ def test_cfg_combines_conditional_and_unconditional():
 
 @pytest.mark.parametrize(
     "solver, steps, match",
-    [("dopri", 4, "unknown solver"), ("euler", 0, "steps=0"), ("euler", -1, "steps=-1"), ("euler", 10**6, "out of range")],
+    [
+        ("dopri", 4, "unknown solver"),
+        ("euler", 0, "steps=0"),
+        ("euler", -1, "steps=-1"),
+        ("euler", 10**6, "out of range"),
+    ],
 )
 def test_bad_solver_arguments(solver, steps, match):
     with pytest.raises(UsageError, match=match):

@@ -15,15 +15,26 @@ from fm_edge.train import TrainConfig, latest_checkpoint, train
 
 def cfg(tmp_path, tiny_data, **kw):
     base = dict(
-        output_dir=str(tmp_path), preset="tiny", data=tiny_data, batch_size=16, warmup_steps=2,
-        checkpoint_every=2, keep_checkpoints=5, max_steps=6, num_threads=1,
+        output_dir=str(tmp_path),
+        preset="tiny",
+        data=tiny_data,
+        batch_size=16,
+        warmup_steps=2,
+        checkpoint_every=2,
+        keep_checkpoints=5,
+        max_steps=6,
+        num_threads=1,
     )
     return TrainConfig(**{**base, **kw})
 
 
 def test_train_writes_checkpoints_and_inference_folder(tmp_path, tiny_data):
     final = train(cfg(tmp_path, tiny_data), progress=False)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary folders left behind
     model, fm = load(final)
     assert fm["preset"] == "tiny" and fm["training"]["steps"] == 6
@@ -45,7 +56,10 @@ def test_resume_continues_the_same_run(tmp_path, tiny_data):
     assert a["losses"] == b["losses"]  # same batches, noise, t and dropout after the resume
     from safetensors.torch import load_file
 
-    wa, wb = load_file(straight / "checkpoint-6" / "ema.safetensors"), load_file(split / "checkpoint-6" / "ema.safetensors")
+    wa, wb = (
+        load_file(straight / "checkpoint-6" / "ema.safetensors"),
+        load_file(split / "checkpoint-6" / "ema.safetensors"),
+    )
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k])
 
@@ -92,10 +106,35 @@ def test_bad_settings(tmp_path, tiny_data):
 def test_two_process_cpu_run_under_accelerate(tmp_path, tiny_data):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "fm_edge.cli", "train", "--preset", "tiny", "--data", tiny_data, "-o", str(tmp_path),
-        "--max-steps", "3", "--checkpoint-every", "3", "--batch-size", "8", "--num-threads", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fm_edge.cli",
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        tiny_data,
+        "-o",
+        str(tmp_path),
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--batch-size",
+        "8",
+        "--num-threads",
+        "1",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -63,32 +63,37 @@ def velocity_function(velocity):
 
 
 class _Builder:
-    """Appends nodes to the main graph with unique names."""
+    """Appends nodes to the main graph; values get short unique names and nodes none (ORT names them).
+
+    Short names matter: each velocity call lists every weight, so its bytes are the file's per-call cost.
+    """
 
     def __init__(self, opset: int):
         self.nodes, self.n, self.opset = [], 0, opset
 
     def name(self, hint: str) -> str:
         self.n += 1
-        return f"{hint}_{self.n}"
+        return f"{hint}{self.n}"
 
-    def op(self, op_type: str, *inputs: str, domain: str = "", outputs: int = 1, hint: str | None = None, **attrs):
+    def op(
+        self, op_type: str, *inputs: str, domain: str = "", outputs: int = 1, hint: str | None = None, **attrs
+    ):
         from onnx import helper
 
-        outs = [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), outs, name=self.name(f"n_{op_type}"), domain=domain, **attrs)
-        )
+        outs = [self.name(hint or "a") for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
         return outs[0] if outputs == 1 else outs
 
     def const(self, value, dtype=np.float32, hint: str = "c") -> str:
         from onnx import numpy_helper
 
         arr = np.asarray(value, dtype=dtype)
-        return self.op("Constant", hint=hint, value=numpy_helper.from_array(arr, self.name(f"{hint}_value")))
+        return self.op("Constant", hint=hint, value=numpy_helper.from_array(arr))
 
 
-def build_sampler(velocity, solver: str, steps: int, shift: float = 1.0, metadata: dict[str, str] | None = None):
+def build_sampler(
+    velocity, solver: str, steps: int, shift: float = 1.0, metadata: dict[str, str] | None = None
+):
     """Wrap a velocity ModelProto into the sampler ModelProto (solver and steps fixed here)."""
     import onnx
     from onnx import TensorProto, helper
@@ -108,10 +113,10 @@ def build_sampler(velocity, solver: str, steps: int, shift: float = 1.0, metadat
 
     def v(x: str, t: float) -> str:
         x2 = b.op("Concat", x, x, axis=0, hint="x2")
-        tt = b.op("Expand", b.const([timestep_value(t)]), shape2, hint="timestep")
-        both = b.op(FUNCTION, x2, tt, labels2, *weights, domain=DOMAIN, hint="v_both")
+        tt = b.op("Expand", b.const([timestep_value(t)]), shape2, hint="t")
+        both = b.op(FUNCTION, x2, tt, labels2, *weights, domain=DOMAIN, hint="vv")
         split = {"num_outputs": 2} if opset >= 18 else {}
-        vc, vu = b.op("Split", both, outputs=2, axis=0, hint="v_half", **split)
+        vc, vu = b.op("Split", both, outputs=2, axis=0, hint="vh", **split)
         return b.op("Add", vu, b.op("Mul", "cfg_scale", b.op("Sub", vc, vu)), hint="v")
 
     def axpy(x: str, a: float, k: str) -> str:  # x - a * k, as numpy computes x - a * k with a python float
@@ -143,14 +148,16 @@ def build_sampler(velocity, solver: str, steps: int, shift: float = 1.0, metadat
 
     # 3. decode: crop the padding, [-1, 1] -> [0, 255], round half to even, clip, uint8
     lo, hi = PAD, PAD + IMAGE_SIZE
-    crop = b.op("Slice", x, b.const([lo, lo], np.int64), b.const([hi, hi], np.int64), b.const([2, 3], np.int64))
+    crop = b.op(
+        "Slice", x, b.const([lo, lo], np.int64), b.const([hi, hi], np.int64), b.const([2, 3], np.int64)
+    )
     crop = b.op("Squeeze", crop, b.const([1], np.int64))
     pix = b.op("Round", b.op("Mul", b.op("Add", crop, b.const(1.0)), b.const(127.5)))
     pix = b.op("Clip", pix, b.const(0.0), b.const(255.0))
-    b.nodes.append(helper.make_node("Cast", [pix], [OUTPUT], name="decode_cast", to=TensorProto.UINT8))
+    b.nodes.append(helper.make_node("Cast", [pix], [OUTPUT], to=TensorProto.UINT8))
 
     initializers = []
-    for name, t in zip(weights, inits):
+    for name, t in zip(weights, inits, strict=True):
         w = onnx.TensorProto()
         w.CopyFrom(t)
         w.name = name
@@ -169,7 +176,9 @@ def build_sampler(velocity, solver: str, steps: int, shift: float = 1.0, metadat
     opsets = [o for o in velocity.opset_import if o.domain != DOMAIN] + [helper.make_opsetid(DOMAIN, 1)]
     model = helper.make_model(graph, opset_imports=opsets, functions=[func], producer_name="fm-edge")
     model.ir_version = max(velocity.ir_version, 8)  # model-local functions need IR >= 8
-    model.doc_string = f"fm-edge sampler: {solver} x {steps} steps, CFG in-graph, uint8 digits (see metadata_props)"
+    model.doc_string = (
+        f"fm-edge sampler: {solver} x {steps} steps, CFG in-graph, uint8 digits (see metadata_props)"
+    )
     set_metadata(model, metadata or {})
     onnx.checker.check_model(model)
     return model

@@ -74,7 +74,10 @@ def export_velocity(model, opset: int = 17, metadata: dict[str, str] | None = No
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
-    proto.producer_name, proto.doc_string = "fm-edge", "fm-edge flow-matching velocity net (see metadata_props)"
+    proto.producer_name, proto.doc_string = (
+        "fm-edge",
+        "fm-edge flow-matching velocity net (see metadata_props)",
+    )
     set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto, full_check=True)
     return proto

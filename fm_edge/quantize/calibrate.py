@@ -12,8 +12,8 @@ numpy only (the velocity callable may be any backend: ORT, torch, ...); the ORT 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -83,7 +83,11 @@ def collect(
     from fm_edge.sample import make_noise
 
     check_solver(solver, steps)
-    if isinstance(num_noises, bool) or not isinstance(num_noises, (int, np.integer)) or num_noises < MIN_NOISES:
+    if (
+        isinstance(num_noises, bool)
+        or not isinstance(num_noises, (int, np.integer))
+        or num_noises < MIN_NOISES
+    ):
         raise UsageError(
             f"calibration set too small: {num_noises} noises; int8 calibration needs at least {MIN_NOISES} "
             f"(one per label 0-{NULL_LABEL}); 64 or more is recommended"
@@ -105,7 +109,17 @@ def collect(
     finals = []
     for i in range(0, num_noises, batch_size):
         counter[0] = 0
-        finals.append(sample(recording, noise[i : i + batch_size], labels[i : i + batch_size], steps, solver, cfg_scale, shift))
+        finals.append(
+            sample(
+                recording,
+                noise[i : i + batch_size],
+                labels[i : i + batch_size],
+                steps,
+                solver,
+                cfg_scale,
+                shift,
+            )
+        )
     n_calls = nfe(solver, steps)
     return Trajectories(
         sample=np.concatenate([r[0] for r in rows]),
@@ -134,7 +148,9 @@ def numpy_velocity(torch_velocity: Callable) -> Callable:
     import torch
 
     def v(x, t, labels):
-        out = torch_velocity(torch.from_numpy(np.ascontiguousarray(x)), t, torch.from_numpy(np.asarray(labels)))
+        out = torch_velocity(
+            torch.from_numpy(np.ascontiguousarray(x)), t, torch.from_numpy(np.asarray(labels))
+        )
         return out.detach().float().cpu().numpy()
 
     return v

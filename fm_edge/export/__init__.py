@@ -1,0 +1,163 @@
+"""``fm-edge export``: checkpoint -> ``velocity.onnx`` and ``sampler.onnx``, each validated before it lands.
+
+1. check the arguments and the output folder (cheap, before torch is imported);
+2. export the UNet to ``velocity.onnx`` (:mod:`.velocity`) and check it against PyTorch (:mod:`.validate`);
+3. wrap it into ``sampler.onnx``, the whole sampler in one graph with the weights stored once
+   (:mod:`.sampler_graph`), and check it against the Python sampler on the same noise;
+4. only then move both files from their temporary names to the final ones (:mod:`fm_edge.atomic`).
+
+A failed check exits non-zero and leaves no model file behind (an older good export stays untouched).
+:mod:`.metadata` holds what goes into ``metadata_props``; :mod:`.latency` times the backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from fm_edge.errors import FmEdgeError, UsageError
+
+VELOCITY_FILE = "velocity.onnx"
+SAMPLER_FILE = "sampler.onnx"
+
+
+def prepare_output_dir(output_dir: str | os.PathLike) -> tuple[Path, bool]:
+    """Create the output folder if needed: (path, created now?); a UsageError if it cannot be written."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output dir {str(out)!r} is a file, not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"output dir {str(out)!r} is not writable")
+    return out, created
+
+
+def export(
+    checkpoint: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike = "onnx",
+    opset: int = 17,
+    solver: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    num_threads: int | None = None,
+    log=None,
+) -> dict[str, Path]:
+    """Export and validate both files; returns {"velocity": path, "sampler": path}.
+
+    ``solver``/``steps`` default to the checkpoint's recommended sampler (fm_edge.json), as do the time
+    shift and the CFG scale recorded in sampler.onnx.
+    """
+    from fm_edge.export.metadata import check_convention, recommended_sampler
+    from fm_edge.export.velocity import check_opset
+    from fm_edge.model import read_fm_config, resolve
+    from fm_edge.solvers import check_solver
+
+    log = log or sys.stderr
+    # 1. arguments and output folder, before anything heavy
+    check_opset(opset)
+    ckpt = resolve(checkpoint)
+    fm = read_fm_config(ckpt)
+    check_convention(ckpt, fm)
+    rec = recommended_sampler(fm)
+    solver = rec["solver"] if solver is None else solver
+    steps = rec["steps"] if steps is None else steps
+    shift, cfg_scale = float(rec.get("shift", 1.0)), float(rec["cfg_scale"])
+    check_solver(solver, steps)
+    out, created = prepare_output_dir(output_dir)
+    paths = {"velocity": out / VELOCITY_FILE, "sampler": out / SAMPLER_FILE}
+    try:
+        _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_threads, log)
+    except BaseException:
+        if created:  # leave nothing behind, not even the empty folder this run made
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    return paths
+
+
+def _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_threads, log) -> None:
+    import onnx
+    import torch
+
+    from fm_edge.atomic import atomic_file
+    from fm_edge.export.metadata import sampler_metadata, velocity_metadata
+    from fm_edge.export.sampler_graph import build_sampler
+    from fm_edge.export.validate import check_size, report, require, validate_sampler, validate_velocity
+    from fm_edge.export.velocity import export_velocity
+    from fm_edge.model import load
+    from fm_edge.solvers import nfe
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    model, _ = load(ckpt)
+    print(f"exporting {ckpt} (opset {opset}, TorchScript exporter)", file=log)
+    velocity = export_velocity(model, opset, velocity_metadata(ckpt, fm))
+    sampler = build_sampler(velocity, solver, steps, shift, sampler_metadata(ckpt, fm, solver, steps, shift))
+    try:
+        with atomic_file(paths["velocity"]) as vtmp, atomic_file(paths["sampler"]) as stmp:
+            # 2. velocity.onnx against PyTorch
+            onnx.save(velocity, vtmp)
+            checks = validate_velocity(vtmp, model, seed=seed, num_threads=num_threads)
+            report(f"validating {VELOCITY_FILE} against PyTorch:", checks, log)
+            require(VELOCITY_FILE, checks)
+            # 3. sampler.onnx against the Python sampler over the ORT velocity model
+            onnx.save(sampler, stmp)
+            checks = validate_sampler(
+                stmp, vtmp, solver, steps, shift, cfg_scale, seed=seed, num_threads=num_threads
+            )
+            checks.append(check_size(stmp, vtmp))
+            report(
+                f"validating {SAMPLER_FILE} ({solver} x {steps} steps, NFE {nfe(solver, steps)}) "
+                "against the Python sampler:",
+                checks,
+                log,
+            )
+            require(SAMPLER_FILE, checks)
+            for tmp in (vtmp, stmp):
+                _readable(tmp)
+        # 4. atomic_file has moved both into place
+    except OSError as exc:
+        raise FmEdgeError(
+            f"cannot write to {str(paths['velocity'].parent)!r}: {exc.strerror or exc}"
+        ) from None
+    for p in paths.values():
+        print(f"wrote {p}", file=log)
+
+
+def _readable(path: Path) -> None:
+    """Give a temporary file (mkstemp makes it 0600) the mode a normally created file would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _int8_exporter():
+    """The ``--int8`` step (issue 4) if this build has it; UsageError otherwise, before any work is done."""
+    try:
+        from fm_edge.quantize import export_int8
+    except ImportError:
+        raise UsageError("--int8 is not available in this build of fm-edge") from None
+    return export_int8
+
+
+def main(args):
+    """``fm-edge export``: writes velocity.onnx and sampler.onnx (and the int8 files with --int8)."""
+    int8 = _int8_exporter() if getattr(args, "int8", False) else None
+    paths = export(
+        args.model,
+        args.output_dir,
+        opset=args.opset,
+        solver=args.solver,
+        steps=args.sampler_steps,
+        seed=args.seed,
+        num_threads=args.num_threads,
+    )
+    if int8 is not None:
+        int8(args, paths)
+    return str(Path(args.output_dir))

@@ -1,0 +1,244 @@
+"""The edge runtime: run exported fm-edge ONNX files with nothing but numpy and onnxruntime.
+
+- :class:`OnnxVelocity` wraps ``velocity.onnx`` as the shared ``velocity(x, t, labels)`` backend, so
+  :func:`fm_edge.solvers.sample` (and ``fm-edge sample --backend onnx``) drive it without torch.
+- :class:`OnnxSampler` wraps ``sampler.onnx``, the whole sampler in one graph: noise in, uint8 digits out.
+- :func:`shipped_onnx` finds the files shipped with the package.
+
+Imports: numpy, onnxruntime, and the numpy-only fm-edge modules (convention, solvers, errors). ``onnx`` is
+used, when it is installed, only to explain why a file failed to load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from fm_edge.convention import MODEL_SIZE, T_SCALE, check_labels
+from fm_edge.errors import FmEdgeError, UsageError
+
+SHIPPED_ONNX = Path(__file__).parent / "checkpoints" / "compact-mnist" / "onnx"
+
+#: name -> element type of the inputs each kind of file must have, in order
+VELOCITY_INPUTS = {"sample": "tensor(float)", "timestep": "tensor(float)", "class_labels": "tensor(int64)"}
+SAMPLER_INPUTS = {"noise": "tensor(float)", "class_labels": "tensor(int64)", "cfg_scale": "tensor(float)"}
+
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def shipped_onnx(name: str) -> Path:
+    """Path of an .onnx file shipped with fm-edge (``velocity.onnx``, ``sampler.onnx``, ...)."""
+    path = SHIPPED_ONNX / name
+    if not path.is_file():
+        raise UsageError(
+            f"no shipped {name} in {str(SHIPPED_ONNX)!r}: pass --model PATH.onnx, or run fm-edge export"
+        )
+    return path
+
+
+def _providers(providers) -> list[str]:
+    """None/'cpu' -> CPU; 'cuda' -> CUDA then CPU (refused when this onnxruntime has no CUDA provider)."""
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        key = providers.lower()
+        if key not in PROVIDERS and providers not in PROVIDERS.values():
+            raise UsageError(f"unknown execution provider {providers!r}: use cpu or cuda")
+        name = PROVIDERS.get(key, providers)
+        providers = [name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name]
+    available = ort.get_available_providers()
+    for p in providers:
+        name = p[0] if isinstance(p, tuple) else p
+        if name not in available:
+            hint = " (pip install onnxruntime-gpu)" if name == "CUDAExecutionProvider" else ""
+            raise UsageError(
+                f"execution provider {name} is not available{hint}; available: {', '.join(available)}"
+            )
+    return list(providers)
+
+
+def _session_options(num_threads: int | None, graph_optimization_level) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT's load-time warnings are not the user's business
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+            raise UsageError(f"num_threads must be an integer >= 1, got {num_threads!r}")
+        so.intra_op_num_threads = int(num_threads)
+        so.inter_op_num_threads = 1
+    level = graph_optimization_level
+    if isinstance(level, str):
+        if level not in OPT_LEVELS:
+            raise UsageError(
+                f"unknown graph optimization level {level!r}: choose one of {', '.join(OPT_LEVELS)}"
+            )
+        level = OPT_LEVELS[level]
+    so.graph_optimization_level = level
+    return so
+
+
+def _why_invalid(path: Path) -> str | None:
+    """onnx.checker's one-line reason, when onnx is installed (it is not needed at run time)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, DecodeError, ...
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _OnnxModel:
+    """An InferenceSession on one fm-edge file, with its inputs checked against what the wrapper expects."""
+
+    kind = ""
+    expected_inputs: dict[str, str] = {}
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_threads: int | None = None,
+        providers=None,
+        graph_optimization_level="all",
+    ):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"{str(self.path)!r} is not a file (expected an fm-edge {self.kind} .onnx)")
+        so = _session_options(num_threads, graph_optimization_level)
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=_providers(providers))
+        except UsageError:
+            raise
+        except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail, NoSuchFile, ...
+            reason = _why_invalid(self.path) or _first_line(exc)
+            raise FmEdgeError(f"{str(self.path)!r} is not a valid ONNX model: {reason}") from None
+        found = {i.name: i.type for i in self.session.get_inputs()}
+        if found != self.expected_inputs:
+            want = ", ".join(f"{k} {v}" for k, v in self.expected_inputs.items())
+            got = ", ".join(f"{k} {v}" for k, v in found.items())
+            hint = ""
+            if found == SAMPLER_INPUTS:
+                hint = " (this is a sampler.onnx: use OnnxSampler)"
+            elif found == VELOCITY_INPUTS:
+                hint = " (this is a velocity.onnx: use OnnxVelocity)"
+            raise UsageError(
+                f"{str(self.path)!r} has inputs [{got}] but an fm-edge {self.kind} model needs [{want}]{hint}"
+            )
+        self.output_name = self.session.get_outputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def recommended_sampler(self) -> dict:
+        """The solver/steps/cfg_scale/shift recorded at export ({} when the file records none)."""
+        raw = self.metadata.get("recommended_sampler")
+        if raw is None:
+            return {}
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            rec = None
+        if not isinstance(rec, dict):
+            raise FmEdgeError(f"{str(self.path)!r} has unreadable recommended_sampler metadata: {raw[:60]!r}")
+        return rec
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, providers={self.providers})"
+
+
+def _check_x(x, name: str) -> np.ndarray:
+    """A float32 [B,1,32,32] finite array, or a UsageError naming what is wrong."""
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"{name} must be a numpy array, got {type(x).__name__}")
+    want = f"[B,1,{MODEL_SIZE},{MODEL_SIZE}]"
+    if x.ndim != 4 or x.shape[1:] != (1, MODEL_SIZE, MODEL_SIZE) or x.shape[0] < 1:
+        raise UsageError(f"{name} has shape {list(x.shape)}: expected float32 {want}")
+    if x.dtype != np.float32:
+        raise UsageError(f"{name} has dtype {x.dtype}: expected float32 {want} (use .astype(np.float32))")
+    if not np.isfinite(x).all():
+        raise UsageError(f"{name} contains NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
+def _check_batch_labels(labels, batch: int) -> np.ndarray:
+    arr = check_labels(labels)
+    if arr.shape != (batch,):
+        raise UsageError(f"labels have shape {list(arr.shape)}: expected [{batch}], one per noise")
+    return arr
+
+
+class OnnxVelocity(_OnnxModel):
+    """``velocity.onnx`` as a ``velocity(x, t, labels)`` callable: x float32 [B,1,32,32], t in [0, 1]."""
+
+    kind = "velocity"
+    expected_inputs = VELOCITY_INPUTS
+
+    def __call__(self, x: np.ndarray, t, labels) -> np.ndarray:
+        x = _check_x(x, "x")
+        b = x.shape[0]
+        t = np.asarray(t, dtype=np.float32)
+        if t.ndim == 0:
+            t = np.full(b, t, dtype=np.float32)
+        if t.shape != (b,) or not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+            raise UsageError(f"t must be a float in [0, 1] or {b} of them, got {t.tolist()[:4]}")
+        feeds = {
+            "sample": x,
+            "timestep": t * np.float32(T_SCALE),
+            "class_labels": _check_batch_labels(labels, b),
+        }
+        return self.session.run([self.output_name], feeds)[0]
+
+
+class OnnxSampler(_OnnxModel):
+    """``sampler.onnx``: ``sampler(noise, labels, cfg_scale=None) -> uint8 [B,28,28]`` in one ORT call.
+
+    The solver and step count are fixed in the file (``.solver``, ``.steps``); ``cfg_scale=None`` uses the
+    scale recommended at export.
+    """
+
+    kind = "sampler"
+    expected_inputs = SAMPLER_INPUTS
+
+    @property
+    def solver(self) -> str | None:
+        return self.metadata.get("solver")
+
+    @property
+    def steps(self) -> int | None:
+        return int(self.metadata["steps"]) if "steps" in self.metadata else None
+
+    @property
+    def cfg_scale(self) -> float:
+        return float(self.metadata.get("cfg_scale", 1.0))
+
+    def __call__(self, noise: np.ndarray, labels, cfg_scale: float | None = None) -> np.ndarray:
+        noise = _check_x(noise, "noise")
+        labels = _check_batch_labels(labels, noise.shape[0])
+        scale = self.cfg_scale if cfg_scale is None else cfg_scale
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            raise UsageError(f"cfg_scale must be a number from 0 to 20, got {scale!r}") from None
+        if not np.isfinite(scale) or not 0.0 <= scale <= 20.0:
+            raise UsageError(f"cfg scale {scale} is out of range: use a finite value from 0 to 20")
+        feeds = {"noise": noise, "class_labels": labels, "cfg_scale": np.asarray(scale, dtype=np.float32)}
+        return self.session.run([self.output_name], feeds)[0]
