@@ -20,6 +20,7 @@ from fm_edge.solvers import nfe
 
 def nfe_curve(
     backend,
+    reference_backend=None,
     solvers=("euler", "heun"),
     steps=(1, 2, 4, 8, 16, 32),
     n: int = 2000,
@@ -28,7 +29,10 @@ def nfe_curve(
     seed: int = 0,
     reference_n: int = 100,
 ) -> dict:
-    """Evaluate every (solver, steps) on the same n noises; returns {"rows": [...], "reference": {...}}."""
+    """Evaluate every (solver, steps) on the same n noises; returns {"rows": [...], "reference": {...}}.
+
+    ``backend`` samples (torch or onnx); ``reference_backend`` (torch, default ``backend``) runs dopri5.
+    """
     from fm_edge.evaluate import evaluate_images
     from fm_edge.reference import reference_solve
     from fm_edge.sample import generate, make_noise
@@ -36,8 +40,9 @@ def nfe_curve(
     labels = default_labels(n)
     noise = make_noise(n, seed)
     ref = None
-    if reference_n:
-        ref, ref_calls = reference_solve(backend, noise[:reference_n], labels[:reference_n], cfg_scale)
+    if reference_n:  # dopri5 runs through torchdiffeq, so on a torch backend
+        rb = reference_backend or backend
+        ref, ref_calls = reference_solve(rb, noise[:reference_n], labels[:reference_n], cfg_scale)
     rows = []
     for solver in solvers:
         for k in steps:

@@ -135,7 +135,7 @@ class _OnnxModel:
             got = ", ".join(f"{k} {v}" for k, v in found.items())
             hint = ""
             if found == SAMPLER_INPUTS:
-                hint = " (this is a sampler.onnx: use OnnxSampler)"
+                hint = " (this is a sampler.onnx: pass velocity.onnx, or run this file with OnnxSampler)"
             elif found == VELOCITY_INPUTS:
                 hint = " (this is a velocity.onnx: use OnnxVelocity)"
             raise UsageError(
