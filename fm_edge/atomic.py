@@ -15,6 +15,12 @@ from pathlib import Path
 from fm_edge.errors import UsageError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _parent(final: Path) -> Path:
     parent = final.parent
     try:
@@ -35,6 +41,7 @@ def atomic_file(final: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the artifact the usual mode
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -49,6 +56,7 @@ def atomic_dir(final: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=parent))

@@ -132,9 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None)
 
     p = sub.add_parser("demo", help="Gradio demo: int8 next to fp32 from the same noise")
-    p.add_argument("--model", default=None, help="folder with the exported .onnx files (default: shipped)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--model", default=None, help="folder with velocity.onnx and velocity_int8.onnx (default: shipped)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 serves the network)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument(
+        "--checkpoint", default=None, help="PyTorch checkpoint for the reference column (needs torch)"
+    )
+    p.add_argument("--no-reference", action="store_true", help="no PyTorch fp32 column, even with torch")
+    p.add_argument("--queue-size", type=int, default=32, help="requests that may wait (more: 'queue full')")
     p.add_argument("--num-threads", type=int, default=None)
 
     sub.add_parser("env", help="versions, CPU features and providers (for bug reports)")

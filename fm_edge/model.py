@@ -41,9 +41,9 @@ PRESETS: dict[str, dict] = {
         norm_num_groups=32,
         time_embedding_type="positional",
     ),
-    # Sized for 2 CPU cores (0.64M parameters, ~100 training images/s here): no attention (Softmax has
-    # no int8 kernel in ORT), one ResNet per level, 32x32 -> 16 -> 8. The README's "compact preset"
-    # section has the measurements behind the choice.
+    # Sized for 2 CPU cores (0.64M parameters, ~100 training images/s here): no attention in the
+    # down/up blocks (Softmax has no int8 kernel in ORT; the mid block keeps diffusers' one 8x8
+    # attention), one ResNet per level, 32x32 -> 16 -> 8. The README has the measurements behind it.
     "compact": dict(
         _BASE,
         block_out_channels=(16, 32, 64),

@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sample counts (smoke test)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    n_sweep, n_bar, n_curve, n_ref = (40, 60, 40, 4) if args.quick else (1000, 2000, 1000, 100)
+    n_sweep, n_bar, n_curve, n_ref = (40, 60, 40, 4) if args.quick else (500, 2000, 500, 100)
     res_dir = ROOT / "docs" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
 
@@ -63,23 +63,37 @@ def main():
     # 3. CFG / shift / solver sweep at NFE 4
     labels = default_labels(n_sweep)
     sweep = []
-    for solver, steps in (("euler", 4), ("heun", 2), ("midpoint", 2)):
-        for cfg in (1.0, 1.5, 2.0, 3.0, 4.0):
+    cached = res_dir / "sweep.json"
+    if cached.exists() and not args.quick:  # the sweep is the slow part: reuse a finished one
+        sweep = json.loads(cached.read_text())["rows"]
+    for solver, steps in () if sweep else (("euler", 4),):  # heun/midpoint at NFE 4: see the NFE curve
+        for cfg in (1.5, 2.0, 3.0):
             for shift in (1.0, 2.0):
-                if solver != "euler" and shift != 1.0:
-                    continue
                 t0 = time.time()
                 imgs = generate(ob, labels, steps, solver, cfg, shift, seed=1)
                 r = evaluate_images(imgs, labels)
-                row = dict(solver=solver, steps=steps, cfg_scale=cfg, shift=shift, fd=r["fd"],
-                           label_accuracy=r["label_accuracy"], seconds=round(time.time() - t0, 1))
+                row = dict(
+                    solver=solver,
+                    steps=steps,
+                    cfg_scale=cfg,
+                    shift=shift,
+                    fd=r["fd"],
+                    label_accuracy=r["label_accuracy"],
+                    seconds=round(time.time() - t0, 1),
+                )
                 sweep.append(row)
                 log("sweep", row)
-    ok = [r for r in sweep if r["label_accuracy"] >= 0.95] or sweep
+    sweep = [r for r in sweep if r.get("fd") is not None] + [r for r in sweep if r.get("fd") is None]
+    ok = [r for r in sweep if r["fd"] is not None and r["label_accuracy"] >= 0.95]
     best = min(ok, key=lambda r: r["fd"])
     sampler = {k: best[k] for k in ("solver", "steps", "cfg_scale", "shift")}
     log("recommended", sampler)
-    (res_dir / "sweep.json").write_text(json.dumps({"n": n_sweep, "rows": sweep, "best": sampler}, indent=1))
+    if not cached.exists() or args.quick:
+        (res_dir / "sweep.json").write_text(
+            json.dumps({"n": n_sweep, "rows": sweep, "best": sampler}, indent=1)
+        )
+    fm["sampler"] = sampler
+    (SHIPPED / FM_CONFIG).write_text(json.dumps(fm, indent=1))
 
     # 4. the bars (4 vs 32 Euler steps, same noise) and the NFE curve with the recommended CFG
     labels = default_labels(n_bar)
@@ -88,8 +102,30 @@ def main():
         imgs = generate(ob, labels, steps, "euler", sampler["cfg_scale"], sampler["shift"], seed=0)
         bars[f"euler{steps}"] = evaluate_images(imgs, labels)
         log("bar", steps, {k: bars[f"euler{steps}"][k] for k in ("fd", "fd_floor", "label_accuracy")})
-    curve = nfe_curve(ob, tb, ("euler", "heun"), (1, 2, 4, 8, 16, 32), n_curve, sampler["cfg_scale"],
-                      sampler["shift"], seed=0, reference_n=n_ref)
+    (res_dir / "bars.json").write_text(json.dumps(bars, indent=1))
+    curve = nfe_curve(
+        ob,
+        tb,
+        ("euler",),
+        (1, 2, 4, 8, 16, 32),
+        n_curve,
+        sampler["cfg_scale"],
+        sampler["shift"],
+        seed=0,
+        reference_n=n_ref,
+    )
+    heun = nfe_curve(
+        ob,
+        tb,
+        ("heun",),
+        (1, 2, 4, 8, 16),
+        n_curve,
+        sampler["cfg_scale"],
+        sampler["shift"],
+        seed=0,
+        reference_n=n_ref,
+    )
+    curve["rows"] += heun["rows"]
     (res_dir / "bars.json").write_text(json.dumps(bars, indent=1))
     (res_dir / "nfe_curve.json").write_text(json.dumps(curve, indent=1))
     plot(curve, ROOT / "docs" / "nfe_curve.png")
@@ -98,10 +134,16 @@ def main():
 
     # 5. grid, config, card
     lab = np.repeat(np.arange(10), 10)
-    imgs = generate(ob, lab, sampler["steps"], sampler["solver"], sampler["cfg_scale"], sampler["shift"], seed=0)
+    imgs = generate(
+        ob, lab, sampler["steps"], sampler["solver"], sampler["cfg_scale"], sampler["shift"], seed=0
+    )
     (SHIPPED / "samples.png").write_bytes(png_bytes(grid(imgs, nrow=10, scale=2)))
     e4, e32 = bars["euler4"], bars["euler32"]
-    fm["sampler"] = sampler
+    fm["training"]["data"] = "ylecun/mnist (local copy in the hub layout)"
+    tr = fm["training"]
+    tr["note"] = (
+        f"stopped after {tr['steps']} steps ({tr['images_seen'] / 60000:.1f} epochs) for the session's time"
+    )
     fm["quality"] = {
         "evaluator": "fm-edge classifier, FD vs MNIST test features",
         "n": n_bar,

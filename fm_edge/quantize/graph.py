@@ -91,6 +91,8 @@ def roles(model, sample_input: str = "sample") -> dict[str, list[str]]:
     - ``last_conv``: the Conv(s) nearest a graph output (no Conv on the way from there);
     - ``embedding``: MAC nodes that do not depend on ``sample`` (time and class embedding MLPs and the
       per-block time projections: they see [B, C] vectors, not images);
+    - ``conditioning``: every node whose values do not depend on ``sample`` (the sinusoidal time
+      embedding, its MLP, the class embedding and the per-block projections);
     - ``attention``: MatMuls whose two inputs are both activations (q@k^T, attn@v) and Softmax;
     - ``norm``: InstanceNormalization / GroupNormalization / LayerNormalization nodes;
     - ``norm_chain``: each norm with the Reshape feeding it and the elementwise nodes after it that see
@@ -148,6 +150,7 @@ def roles(model, sample_input: str = "sample") -> dict[str, list[str]]:
         "first_conv": first,
         "last_conv": last,
         "embedding": [n.name for n in g.node if n.op_type in MAC_OPS and n.name not in on_sample],
+        "conditioning": [n.name for n in g.node if n.name not in on_sample and n.op_type not in SHAPE_OPS],
         "attention": [
             n.name
             for n in g.node

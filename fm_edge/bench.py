@@ -1,0 +1,297 @@
+"""``fm-edge bench``: every backend x batch size x NFE on the same noise: latency, memory, size, quality.
+
+Backends: torch eager fp32, torch compiled, torchao int8, ORT fp32, ORT int8 (velocity models driven by
+the Python Euler loop), and sampler.onnx fp32/int8 (whole sampler in one graph, at its exported NFE).
+All share the noise, labels, CFG scale and thread count; each cell gets a warm-up run (which also absorbs
+torch.compile's compilation), then the median of ``--repeats`` timed runs. Peak memory is the process's
+peak RSS while the cell ran. Writes bench.json, bench.png and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fm_edge.convention import default_labels
+from fm_edge.errors import UsageError
+
+ALL_BACKENDS = (
+    "torch-fp32",
+    "torch-compiled",
+    "torchao-int8",
+    "ort-fp32",
+    "ort-int8",
+    "sampler-fp32",
+    "sampler-int8",
+)
+ONNX_FILES = {
+    "ort-fp32": "velocity.onnx",
+    "ort-int8": "velocity_int8.onnx",
+    "sampler-fp32": "sampler.onnx",
+    "sampler-int8": "sampler_int8.onnx",
+}
+
+
+class PeakRSS:
+    """Samples the process RSS every 5 ms in a thread; ``peak_mb`` after the ``with`` block."""
+
+    def __enter__(self):
+        import psutil
+
+        self._proc, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.peak_mb = self.peak / 2**20
+
+
+def _velocity_runner(backend, cfg_scale, shift):
+    from fm_edge.sample import generate
+
+    def run(noise, labels, steps):
+        return generate(backend, labels, steps, "euler", cfg_scale, shift, noise=noise, batch_size=len(noise))
+
+    return run
+
+
+def make_runner(
+    name: str, model_dir, onnx_dir: Path, num_threads: int | None, cfg_scale: float, shift: float
+):
+    """(run(noise, labels, steps) -> uint8 images, size in bytes, fixed steps or None) for one backend."""
+    from fm_edge.model import WEIGHTS, resolve
+
+    if name in ("torch-fp32", "torch-compiled", "torchao-int8"):
+        from fm_edge.sample import Backend, torch_backend
+
+        b = torch_backend(model_dir, num_threads)
+        size = (resolve(model_dir) / WEIGHTS).stat().st_size
+        if name == "torch-compiled":
+            import torch
+
+            from fm_edge.model import velocity_fn
+
+            b = Backend(
+                "torch-compiled",
+                velocity_fn(torch.compile(b.info["module"])),
+                b.sampler,
+                b.to_native,
+                b.to_numpy,
+            )
+        elif name == "torchao-int8":
+            from fm_edge.quantize.torchao_backend import torchao_velocity
+
+            velocity, size = torchao_velocity(model_dir, onnx_dir)
+            b = Backend("torchao-int8", velocity, b.sampler, b.to_native, b.to_numpy)
+        return _velocity_runner(b, cfg_scale, shift), size, None
+    path = onnx_dir / ONNX_FILES[name]
+    if not path.is_file():
+        raise UsageError(f"{name}: {str(path)!r} does not exist (run fm-edge export --int8 -o {onnx_dir})")
+    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+    from fm_edge.sample import Backend
+
+    if name.startswith("ort"):
+        v = OnnxVelocity(path, num_threads=num_threads)
+        return _velocity_runner(Backend(name, v, {}), cfg_scale, shift), path.stat().st_size, None
+    s = OnnxSampler(path, num_threads=num_threads)
+    if s.solver != "euler":
+        raise UsageError(f"{name}: {str(path)!r} bakes in {s.solver}; the bench compares euler samplers")
+    return (lambda noise, labels, steps: s(noise, labels, cfg_scale)), path.stat().st_size, s.steps
+
+
+def bench(
+    backends,
+    model_dir=None,
+    onnx_dir=None,
+    batch_sizes=(1, 64),
+    nfes=(1, 2, 4, 8, 16),
+    repeats: int = 5,
+    quality_samples: int = 500,
+    seed: int = 0,
+    num_threads: int | None = None,
+) -> dict:
+    from tqdm.auto import tqdm
+
+    from fm_edge.evaluate import evaluate_images
+    from fm_edge.model import read_fm_config, resolve
+    from fm_edge.runtime import shipped_onnx
+    from fm_edge.sample import make_noise
+
+    fm = read_fm_config(resolve(model_dir))
+    rec = fm.get("sampler", {})
+    cfg_scale, shift = float(rec.get("cfg_scale", 2.0)), float(rec.get("shift", 1.0))
+    onnx_dir = Path(onnx_dir) if onnx_dir else shipped_onnx("velocity.onnx").parent
+    q_labels = default_labels(quality_samples)
+    q_noise = make_noise(quality_samples, seed + 1)
+    rows, skipped = [], {}
+    for name in backends:
+        try:
+            run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift)
+        except (ImportError, UsageError, NotImplementedError) as exc:
+            skipped[name] = str(exc).splitlines()[0]
+            print(f"skip {name}: {skipped[name]}", file=sys.stderr)
+            continue
+        for nfe in nfes:
+            if fixed is not None and nfe != fixed:
+                continue
+            quality = None
+            if quality_samples:
+                imgs = np.concatenate(
+                    [
+                        run(q_noise[i : i + 64], q_labels[i : i + 64], nfe)
+                        for i in range(0, quality_samples, 64)
+                    ]
+                )
+                r = evaluate_images(imgs, q_labels)
+                quality = {"fd": r["fd"], "label_accuracy": r["label_accuracy"], "fd_floor": r["fd_floor"]}
+            for b in batch_sizes:
+                noise, labels = make_noise(b, seed), default_labels(b)
+                with PeakRSS() as mem:
+                    run(noise, labels, nfe)  # warm-up (and compilation)
+                    times = []
+                    for _ in tqdm(range(repeats), desc=f"{name} b{b} nfe{nfe}", file=sys.stderr, leave=False):
+                        t0 = time.perf_counter()
+                        run(noise, labels, nfe)
+                        times.append(time.perf_counter() - t0)
+                med = statistics.median(times)
+                row = {
+                    "backend": name,
+                    "batch": b,
+                    "nfe": nfe,
+                    "ms_per_image": 1000 * med / b,
+                    "images_per_s": b / med,
+                    "peak_rss_mb": round(mem.peak_mb, 1),
+                    "model_bytes": size,
+                    **(quality or {}),
+                }
+                rows.append(row)
+                print(format_row(row), file=sys.stderr, flush=True)
+    from fm_edge.envinfo import collect
+
+    return {
+        "env": collect(),
+        "num_threads": num_threads or os.cpu_count(),
+        "cfg_scale": cfg_scale,
+        "shift": shift,
+        "solver": "euler",
+        "repeats": repeats,
+        "quality_samples": quality_samples,
+        "rows": rows,
+        "skipped": skipped,
+    }
+
+
+def format_row(r: dict) -> str:
+    q = f"  FD {r['fd']:7.2f}  acc {r['label_accuracy']:.1%}" if r.get("fd") is not None else ""
+    return (
+        f"{r['backend']:15s} b{r['batch']:<3d} NFE {r['nfe']:2d}  {r['ms_per_image']:8.2f} ms/img "
+        f"{r['images_per_s']:8.1f} img/s  {r['peak_rss_mb']:7.0f} MB  {r['model_bytes'] / 1e6:5.2f} MB{q}"
+    )
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, 1 + len(batches), figsize=(5 * (1 + len(batches)), 4))
+    for name in names:
+        pts = sorted({(r["nfe"], r["fd"]) for r in rows if r["backend"] == name and r.get("fd") is not None})
+        if pts:
+            axes[0].plot(*zip(*pts), "o-", label=name)
+    axes[0].set(xscale="log", yscale="log", xlabel="NFE (euler steps)", ylabel="FD", title="quality vs NFE")
+    axes[0].legend(fontsize=7)
+    for ax, b in zip(axes[1:], batches):
+        for name in names:
+            pts = sorted(
+                (r["nfe"], r["ms_per_image"]) for r in rows if r["backend"] == name and r["batch"] == b
+            )
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=name)
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="ms per image", title=f"latency, batch {b}")
+        ax.legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from fm_edge.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise UsageError(f"{flag} {text!r}: every value must be >= 1")
+    return vals
+
+
+def main(args) -> Path:
+    backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else ALL_BACKENDS
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {', '.join(ALL_BACKENDS)}")
+    batch_sizes, nfes = _ints(args.batch_sizes, "--batch-sizes"), _ints(args.nfe, "--nfe")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    result = bench(
+        backends,
+        args.model,
+        args.onnx_dir,
+        batch_sizes,
+        nfes,
+        args.repeats,
+        args.quality_samples,
+        args.seed,
+        args.num_threads,
+    )
+    out = Path(args.output_dir)
+    from fm_edge.atomic import write_bytes
+
+    write_bytes(out / "bench.json", (json.dumps(result, indent=1) + "\n").encode())
+    plot(result, out / "bench.png")
+    print(markdown_table(result))
+    return out / "bench.json"
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        "| backend | batch | NFE | ms/image | images/s | peak RSS MB | model MB | FD | label acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        fd = f"{r['fd']:.2f}" if r.get("fd") is not None else ""
+        acc = f"{r['label_accuracy']:.1%}" if r.get("label_accuracy") is not None else ""
+        lines.append(
+            f"| {r['backend']} | {r['batch']} | {r['nfe']} | {r['ms_per_image']:.2f} | {r['images_per_s']:.1f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['model_bytes'] / 1e6:.2f} | {fd} | {acc} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""``fm-edge demo``: a Gradio page that shows int8 next to fp32, both sampled from the same noise.
+
+- :mod:`.inputs`: the request, every value checked (the API accepts anything, the page only bounds);
+- :mod:`.models`: the two ONNX files through the torch-free runtime, and the optional PyTorch reference;
+- :mod:`.compare`: same noise -> every backend, timed; PSNR, max |diff|, grids and the heat map (numpy);
+- :mod:`.app`: the page, the ``generate`` API endpoint, the queue and :func:`launch`.
+
+Runs without torch (``pip install 'fm-edge[demo]'``: gradio, onnxruntime, numpy, pillow). gradio is imported
+only when the demo is built, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+
+def build_demo(model_dir=None, **kwargs):
+    """The queued ``gr.Blocks`` over ``model_dir/velocity.onnx`` and ``velocity_int8.onnx``; see
+    :func:`fm_edge.demo.app.build_demo`."""
+    from fm_edge.demo.app import build_demo as build
+
+    return build(model_dir, **kwargs)
+
+
+def main(args):
+    """``fm-edge demo``: build the page and serve it until interrupted."""
+    from fm_edge.demo.app import build_demo as build
+    from fm_edge.demo.app import launch
+
+    demo = build(
+        args.model,
+        checkpoint=getattr(args, "checkpoint", None),
+        reference=False if getattr(args, "no_reference", False) else None,
+        num_threads=args.num_threads,
+        queue_size=getattr(args, "queue_size", 32),
+    )
+    launch(demo, host=args.host, port=args.port)
+    return None

@@ -1,0 +1,152 @@
+"""One comparison: every backend from the same noise, timed, and how far int8 lands from fp32 (numpy only).
+
+1. the noise comes from :func:`fm_edge.sample.make_noise` once, and every backend starts from that array;
+2. each backend runs :func:`fm_edge.solvers.sample` over its ``velocity(x, t, labels)`` callable, timed;
+3. the uint8 digits are compared (PSNR, max and mean |diff| in grey levels of 255) and tiled into grids,
+   upscaled with nearest-neighbour only, plus a heat map of |int8 - fp32|.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fm_edge.convention import decode_uint8
+from fm_edge.images import grid
+from fm_edge.sample import Backend, make_noise
+from fm_edge.solvers import nfe, sample
+
+#: grids are upscaled by a whole factor so that they are about this wide (px), 1x to 8x
+TARGET_WIDTH = 400
+MAX_SCALE = 8
+PAD_GREY = 56  # the separator between digits (MNIST's background is black)
+#: the heat map's full brightness is at least this many grey levels, so that 1-2 levels of rounding
+#: noise stay dark instead of being stretched to white
+MIN_HEAT_RANGE = 16
+# anchor colours of the heat map (black -> purple -> red -> orange -> pale yellow, like "magma")
+_HEAT = np.array(
+    [[0, 0, 4], [81, 18, 124], [183, 55, 121], [252, 137, 97], [252, 253, 191]], dtype=np.float64
+)
+
+
+@dataclass
+class Run:
+    """One backend's digits and how long it took."""
+
+    name: str
+    images: np.ndarray  # uint8 [N, 28, 28]
+    seconds: float
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000.0 * self.seconds / len(self.images)
+
+
+@dataclass
+class Comparison:
+    runs: dict[str, Run]
+    nfe: int
+    seed: int
+    stats: dict[str, dict] = field(default_factory=dict)  # "a vs b" -> diff_stats
+
+
+def run_backend(
+    backend: Backend,
+    noise: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    solver: str,
+    cfg_scale: float,
+    shift: float = 1.0,
+    callback: Callable[[int, int], None] | None = None,
+) -> Run:
+    """Sample the digits of one backend from ``noise`` (all at once: at most 64, or 128 rows with CFG)."""
+    x = backend.to_native(noise)
+    y = backend.to_native(np.asarray(labels, dtype=np.int64))
+    start = time.perf_counter()
+    x0 = sample(backend.velocity, x, y, steps, solver, cfg_scale, shift, callback=callback)
+    x0 = backend.to_numpy(x0)
+    seconds = time.perf_counter() - start
+    return Run(backend.name, decode_uint8(x0), seconds)
+
+
+def compare(
+    backends: list[Backend],
+    labels: np.ndarray,
+    steps: int,
+    solver: str,
+    cfg_scale: float,
+    shift: float,
+    seed: int,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Comparison:
+    """Run every backend from the same seeded noise; the first backend is the one the others are compared to.
+
+    ``progress(done, total, name)`` is called after each ODE step of each backend.
+    """
+    noise = make_noise(len(labels), seed)
+    total = steps * len(backends)
+    runs: dict[str, Run] = {}
+    for i, b in enumerate(backends):
+        cb = None
+        if progress is not None:
+            cb = lambda step, _steps, i=i, name=b.name: progress(i * steps + step, total, name)
+        runs[b.name] = run_backend(b, noise, labels, steps, solver, cfg_scale, shift, callback=cb)
+    out = Comparison(runs, nfe(solver, steps), seed)
+    first = backends[0].name
+    for b in backends[1:]:
+        out.stats[f"{b.name} vs {first}"] = diff_stats(runs[first].images, runs[b.name].images)
+    return out
+
+
+def diff_stats(a: np.ndarray, b: np.ndarray) -> dict:
+    """PSNR (dB, peak 255; None when identical), max and mean |a - b| in grey levels, over all pixels."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    mse = float((d.astype(np.float64) ** 2).mean())
+    return {
+        "psnr_db": None if mse == 0 else round(10.0 * math.log10(255.0**2 / mse), 2),
+        "max_abs_diff": int(d.max()),
+        "mean_abs_diff": round(float(d.mean()), 3),
+        "identical": mse == 0,
+    }
+
+
+def grid_scale(n: int, size: int = 28, pad: int = 2) -> int:
+    """The whole upscaling factor that makes a grid of n digits about TARGET_WIDTH px wide."""
+    nrow = math.ceil(math.sqrt(n))
+    width = nrow * (size + pad) + pad
+    return max(1, min(MAX_SCALE, TARGET_WIDTH // width))
+
+
+def tile(images: np.ndarray) -> np.ndarray:
+    """uint8 [N,28,28] -> one grid image (grey separators), upscaled nearest-neighbour by a whole factor."""
+    scale = grid_scale(len(images))
+    out = grid(images, scale=scale)
+    cells = grid(np.full_like(images, 255), scale=scale)
+    out[cells == 0] = PAD_GREY
+    return out
+
+
+def heat(values: np.ndarray, top: float) -> np.ndarray:
+    """Map values in [0, top] to RGB uint8 through the heat colours."""
+    u = np.clip(values.astype(np.float64) / max(top, 1e-12), 0.0, 1.0) * (len(_HEAT) - 1)
+    lo = np.floor(u).astype(int).clip(0, len(_HEAT) - 2)
+    frac = (u - lo)[..., None]
+    return np.rint(_HEAT[lo] * (1 - frac) + _HEAT[lo + 1] * frac).astype(np.uint8)
+
+
+def heatmap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """RGB grid of |a - b| per pixel (same layout as :func:`tile`) and the grey-level difference at full
+    brightness."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    top = max(int(d.max()), MIN_HEAT_RANGE)
+    scale = grid_scale(len(a))
+    g = grid(d.astype(np.uint8), scale=scale)
+    rgb = heat(g, top)
+    cells = grid(np.full_like(a, 255), scale=scale)
+    rgb[cells == 0] = PAD_GREY
+    return rgb, top

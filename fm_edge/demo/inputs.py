@@ -1,0 +1,103 @@
+"""The demo's request: every control's value checked, with a one-line message naming what is allowed.
+
+The page bounds its sliders, but the API (``gradio_client``, curl) can send any value, so everything is
+checked here again. Nothing is "fixed" silently: 2.5 steps is an error, not 2. numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+
+from fm_edge.convention import NULL_LABEL, NUM_CLASSES
+from fm_edge.errors import UsageError
+from fm_edge.solvers import MAX_CFG, SOLVERS
+
+MAX_SAMPLES = 64
+MAX_STEPS = 64
+MAX_SEED = 2**32 - 1
+#: "cycle": 0, 1, ..., 9, 0, ... ; "any": unconditional (the null label); "0".."9": that digit
+DIGITS = ("cycle", "any", *(str(d) for d in range(NUM_CLASSES)))
+
+
+@dataclass(frozen=True)
+class Request:
+    labels: np.ndarray  # int64 [N]
+    steps: int
+    solver: str
+    cfg_scale: float
+    shift: float
+    seed: int
+    randomized: bool  # the seed was drawn for this request
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+
+def as_int(value, name: str, lo: int, hi: int) -> int:
+    """An integer lo..hi from an int or an integral float/str; a UsageError otherwise."""
+    allowed = f"{name} must be a whole number from {lo} to {hi}"
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"{allowed}, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{allowed}, got {value!r}") from None
+    if not math.isfinite(f) or not f.is_integer():
+        raise UsageError(f"{allowed}, got {value!r}")
+    n = int(f)
+    if not lo <= n <= hi:
+        raise UsageError(f"{allowed}, got {n}")
+    return n
+
+
+def as_float(value, name: str, lo: float, hi: float) -> float:
+    allowed = f"{name} must be a number from {lo:g} to {hi:g}"
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"{allowed}, got {value!r}")
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{allowed}, got {value!r}") from None
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise UsageError(f"{allowed}, got {value!r}")
+    return f
+
+
+def labels_for(digit, n: int) -> np.ndarray:
+    """The N labels a digit choice asks for."""
+    key = str(digit).strip().lower()
+    if key not in DIGITS:
+        raise UsageError(f"digit must be one of {', '.join(DIGITS)}, got {digit!r}")
+    if key == "cycle":
+        return np.arange(n, dtype=np.int64) % NUM_CLASSES
+    if key == "any":
+        return np.full(n, NULL_LABEL, dtype=np.int64)
+    return np.full(n, int(key), dtype=np.int64)
+
+
+def parse(
+    digit,
+    num_samples,
+    steps,
+    solver,
+    cfg_scale,
+    seed,
+    randomize=False,
+    shift: float = 1.0,
+) -> Request:
+    """Check every control; a randomized request draws its seed here (and reports it)."""
+    n = as_int(num_samples, "number of samples", 1, MAX_SAMPLES)
+    labels = labels_for(digit, n)
+    steps = as_int(steps, "ODE steps", 1, MAX_STEPS)
+    if solver not in SOLVERS:
+        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    cfg = as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG)
+    if not isinstance(randomize, (bool, np.bool_)):
+        raise UsageError(f"randomize must be true or false, got {randomize!r}")
+    seed = secrets.randbelow(2**31) if randomize else as_int(seed, "seed", 0, MAX_SEED)
+    return Request(labels, steps, solver, cfg, float(shift), seed, bool(randomize))

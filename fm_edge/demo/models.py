@@ -1,0 +1,170 @@
+"""The demo's models: ``velocity.onnx`` and ``velocity_int8.onnx`` through the torch-free runtime, and, when
+torch is installed, the PyTorch checkpoint they were exported from as the fp32 reference.
+
+The reference is optional in every way: without torch (laptop mode), without the checkpoint, or with a
+checkpoint whose weights are not the ones in ``velocity.onnx``, the demo runs without that column and says why.
+torch loads in a background thread, so the page is served before torch has finished importing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fm_edge.errors import UsageError
+from fm_edge.sample import Backend
+
+FP32_FILE = "velocity.onnx"
+INT8_FILE = "velocity_int8.onnx"
+NAMES = {"fp32": "ONNX fp32", "int8": "ONNX int8", "torch": "PyTorch fp32"}
+
+
+def model_folder(model_dir=None) -> Path:
+    """The folder with velocity.onnx and velocity_int8.onnx (default: the shipped one)."""
+    from fm_edge.runtime import SHIPPED_ONNX
+
+    folder = Path(model_dir) if model_dir is not None else SHIPPED_ONNX
+    if not folder.is_dir():
+        hint = "run: fm-edge export --int8 -o DIR, then fm-edge demo --model DIR"
+        raise UsageError(f"model folder {str(folder)!r} does not exist ({hint})")
+    missing = [f for f in (FP32_FILE, INT8_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise UsageError(
+            f"model folder {str(folder)!r} has no {' or '.join(missing)}: the demo needs both "
+            "(fm-edge export --int8 -o DIR writes them)"
+        )
+    return folder
+
+
+def torch_importable() -> bool:
+    """True when torch and diffusers can be imported (checked without importing them)."""
+    for name in ("torch", "diffusers"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
+class Reference:
+    """The PyTorch fp32 backend, loaded in a background thread; :meth:`get` waits for it."""
+
+    def __init__(self, checkpoint: Path, num_threads: int | None):
+        self.checkpoint = checkpoint
+        self._backend: Backend | None = None
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._load, args=(num_threads,), daemon=True)
+        self._thread.start()
+
+    def _load(self, num_threads):
+        try:
+            from fm_edge.sample import torch_backend
+
+            b = torch_backend(self.checkpoint, num_threads=num_threads)
+            b.name = NAMES["torch"]
+            self._backend = b
+        except Exception as exc:  # shown on the page; the ONNX columns still work
+            text = str(exc).strip()
+            self._error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+    def get(self, timeout: float | None = None) -> Backend | None:
+        self._thread.join(timeout)
+        return self._backend
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+
+@dataclass
+class DemoModels:
+    folder: Path
+    fp32: Backend
+    int8: Backend
+    sampler: dict  # recommended solver, steps, cfg_scale, shift
+    sizes: dict[str, int]  # backend name -> bytes of its weights file
+    reference: Reference | None
+    reference_note: str  # why there is no reference column ("" when there is one)
+
+    def backends(self) -> list[Backend]:
+        """fp32 first (the others are compared to it), then int8, then the PyTorch reference if loaded."""
+        out = [self.fp32, self.int8]
+        if self.reference is not None:
+            ref = self.reference.get()
+            if ref is not None:
+                out.append(ref)
+        return out
+
+
+def _onnx_backend(path: Path, name: str, num_threads: int | None) -> Backend:
+    from fm_edge.model import DEFAULT_SAMPLER
+    from fm_edge.runtime import OnnxVelocity
+
+    v = OnnxVelocity(path, num_threads=num_threads)
+    # one batch-1 call, so that the first request's latency is not ORT's lazy initialisation
+    x = np.zeros((1, 1, 32, 32), np.float32)
+    v(x, 1.0, np.zeros(1, np.int64))
+    return Backend(
+        name=name,
+        velocity=v,
+        sampler=dict(DEFAULT_SAMPLER, **v.recommended_sampler()),
+        info={"model": str(path)},
+    )
+
+
+def _default_checkpoint(folder: Path) -> Path:
+    """The checkpoint beside the ONNX folder (the shipped layout: checkpoint/onnx/), else the shipped one."""
+    from fm_edge.model import SHIPPED
+
+    parent = folder.resolve().parent
+    return parent if (parent / "config.json").is_file() else SHIPPED
+
+
+def _reference(folder: Path, fp32: Backend, checkpoint, want: bool | None, num_threads) -> tuple:
+    """(Reference or None, note): the PyTorch column when wanted and possible."""
+    if want is False:
+        return None, "PyTorch reference off (--no-reference)"
+    if not torch_importable():
+        if want:
+            raise UsageError("the PyTorch reference needs torch: pip install 'fm-edge[train]'")
+        return None, "PyTorch reference off: torch is not installed (laptop mode)"
+    from fm_edge.model import WEIGHTS, weights_hash
+
+    ckpt = Path(checkpoint) if checkpoint is not None else _default_checkpoint(folder)
+    if not (ckpt / WEIGHTS).is_file():
+        if want or checkpoint is not None:
+            raise UsageError(f"checkpoint {str(ckpt)!r} has no {WEIGHTS}: not a fm-edge checkpoint folder")
+        return None, f"PyTorch reference off: no checkpoint at {ckpt}"
+    recorded = fp32.velocity.metadata.get("checkpoint_sha256")
+    if recorded and recorded != weights_hash(ckpt):
+        msg = f"checkpoint {str(ckpt)!r} is not the one {FP32_FILE} was exported from (weights differ)"
+        if want or checkpoint is not None:
+            raise UsageError(msg)
+        return None, f"PyTorch reference off: {msg}"
+    return Reference(ckpt, num_threads), ""
+
+
+def load_models(
+    model_dir=None, checkpoint=None, reference: bool | None = None, num_threads: int | None = None
+) -> DemoModels:
+    """Open both ONNX files (and start loading the PyTorch reference when ``reference`` is not False).
+
+    ``reference=None`` adds the reference when it can and says why not otherwise; ``True`` makes a missing
+    torch or checkpoint an error.
+    """
+    folder = model_folder(model_dir)
+    fp32 = _onnx_backend(folder / FP32_FILE, NAMES["fp32"], num_threads)
+    int8 = _onnx_backend(folder / INT8_FILE, NAMES["int8"], num_threads)
+    ref, note = _reference(folder, fp32, checkpoint, reference, num_threads)
+    sizes = {fp32.name: os.path.getsize(folder / FP32_FILE), int8.name: os.path.getsize(folder / INT8_FILE)}
+    if ref is not None:
+        from fm_edge.model import WEIGHTS
+
+        sizes[NAMES["torch"]] = os.path.getsize(ref.checkpoint / WEIGHTS)
+    return DemoModels(folder, fp32, int8, fp32.sampler, sizes, ref, note)

@@ -1,0 +1,39 @@
+"""The int8-relevant ISA of this CPU, as recorded in quantization.json (Linux /proc/cpuinfo; empty elsewhere).
+
+Without VNNI, x86 int8 GEMMs multiply uint8 x int8 pairs with ``vpmaddubsw`` (16 MACs per 256-bit op into
+saturating int16) instead of ``vpdpbusd``; this bounds what int8 can gain over fp32 FMA on AVX2 to ~2x per
+conv, before any Q/DQ overhead.
+"""
+
+from __future__ import annotations
+
+import platform
+
+FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def isa_seen(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """{'model', 'flags': [...present of FLAGS], 'vnni': bool, 'amx': bool, 'int8_path': str}."""
+    have: set[str] = set()
+    model = platform.processor() or platform.machine()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags") and not have:
+                    have = set(line.split(":", 1)[1].split())
+                elif line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    flags = [f for f in FLAGS if f in have]
+    vnni = "avx512_vnni" in have or "avx_vnni" in have
+    amx = "amx_int8" in have
+    if amx:
+        path = "AMX int8 tiles"
+    elif vnni:
+        path = "VNNI (vpdpbusd)"
+    elif "avx2" in have:
+        path = "AVX2 without VNNI (vpmaddubsw + vpmaddwd)"
+    else:
+        path = "unknown (no /proc/cpuinfo flags)" if not have else "pre-AVX2"
+    return {"model": model, "flags": flags, "vnni": vnni, "amx": amx, "int8_path": path}

@@ -1,0 +1,304 @@
+"""``fm-edge export --int8``: velocity_int8.onnx, sampler_int8.onnx and quantization.json beside the fp32 files.
+
+1. read the solver, steps, shift and CFG scale baked into ``sampler.onnx`` (or recommended by
+   ``velocity.onnx``): calibration must see exactly what the exported sampler will feed the net;
+2. run the fp32 sampler over seeded noises and record every velocity input (:mod:`.calibrate`);
+3. quantize (:mod:`.ort_int8`) and wrap the int8 velocity graph into ``sampler_int8.onnx`` with the export's
+   sampler-graph builder, then check that graph against the Python loop over the int8 velocity model;
+4. measure quality on other noises: PSNR int8 vs fp32 final images from the same noise, end-to-end and
+   per-layer SQNR, and (with ``fd=True``) FD and label accuracy through the project evaluator;
+5. write the three files atomically, or none: quality outside the tolerance raises FmEdgeError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fm_edge.errors import FmEdgeError, UsageError
+
+VELOCITY_INT8 = "velocity_int8.onnx"
+SAMPLER_INT8 = "sampler_int8.onnx"
+RECIPE_JSON = "quantization.json"
+
+
+@dataclass
+class Tolerance:
+    """What int8 must keep (issue 4's bars): PSNR vs fp32, relative FD increase, label-accuracy drop."""
+
+    min_psnr_db: float = 25.0
+    max_fd_increase: float = 0.10
+    max_accuracy_drop: float = 0.01
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sampler_settings(out_dir: Path) -> dict:
+    """solver/steps/shift/cfg_scale of the exported sampler.onnx (else velocity.onnx's recommendation)."""
+    from fm_edge.model import DEFAULT_SAMPLER
+    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+
+    sampler = out_dir / "sampler.onnx"
+    if sampler.is_file():
+        s = OnnxSampler(sampler)
+        rec = s.recommended_sampler()
+        return {
+            "solver": s.solver or rec.get("solver", DEFAULT_SAMPLER["solver"]),
+            "steps": s.steps or int(rec.get("steps", DEFAULT_SAMPLER["steps"])),
+            "shift": float(s.metadata.get("shift", rec.get("shift", 1.0))),
+            "cfg_scale": s.cfg_scale,
+        }
+    rec = dict(DEFAULT_SAMPLER, **OnnxVelocity(out_dir / "velocity.onnx").recommended_sampler())
+    return {k: rec[k] for k in ("solver", "steps", "shift", "cfg_scale")}
+
+
+def sample_images(velocity, noise, labels, s: dict, batch_size: int = 256) -> np.ndarray:
+    """uint8 digits from the shared solver loop over a numpy velocity callable."""
+    from fm_edge.convention import decode_uint8
+    from fm_edge.solvers import sample
+
+    outs = [
+        sample(velocity, noise[i : i + batch_size], labels[i : i + batch_size], s["steps"], s["solver"],
+               s["cfg_scale"], s["shift"])
+        for i in range(0, len(noise), batch_size)
+    ]  # fmt: skip
+    return decode_uint8(np.concatenate(outs))
+
+
+def _latency(session, batch: int, repeats: int = 7) -> float:
+    from fm_edge.export.validate import fixed_inputs
+
+    x, t, y = fixed_inputs(batch)
+    feeds = {"sample": x, "timestep": t, "class_labels": y}
+    session.run(None, feeds)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts) * 1e3)
+
+
+def quality_report(fp32_path, int8_path, s: dict, n: int, seed: int, fd: bool, num_threads=None) -> dict:
+    """PSNR of final images (same noise), output/per-layer SQNR, and optionally FD / label accuracy."""
+    from fm_edge.quantize import calibrate, sqnr
+    from fm_edge.runtime import OnnxVelocity
+    from fm_edge.sample import make_noise
+
+    v32 = OnnxVelocity(fp32_path, num_threads=num_threads)
+    v8 = OnnxVelocity(int8_path, num_threads=num_threads)
+    noise = make_noise(n, seed)
+    labels = (np.arange(n) % 10).astype(np.int64)
+    img32 = sample_images(v32, noise, labels, s)
+    img8 = sample_images(v8, noise, labels, s)
+    ps = sqnr.psnr_db(img32, img8)
+    held = calibrate.collect(v32, calibrate.MIN_NOISES, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed)
+    layers = sqnr.layer_sqnr(fp32_path, int8_path, held.feeds())
+    rep = {
+        "noise_seed": seed,
+        "n_images": n,
+        "psnr_db_mean": round(float(ps.mean()), 2),
+        "psnr_db_median": round(float(np.median(ps)), 2),
+        "psnr_db_min": round(float(ps.min()), 2),
+        "identical_images_fraction": round(float((img32 == img8).all(axis=(1, 2)).mean()), 4),
+        "velocity_sqnr_db": round(sqnr.output_sqnr(fp32_path, int8_path, held.feeds()), 2),
+        "layer_sqnr_db": layers,
+        "worst_layers": sorted(layers, key=lambda r: r["sqnr_db"])[:3],
+    }
+    if fd:
+        from fm_edge.evaluate import evaluate_images
+
+        e32, e8 = evaluate_images(img32, labels), evaluate_images(img8, labels)
+        rep.update(
+            fd_fp32=e32["fd"], fd_int8=e8["fd"],
+            label_accuracy_fp32=e32["label_accuracy"], label_accuracy_int8=e8["label_accuracy"],
+        )  # fmt: skip
+    rep["_images"] = (img32, img8, labels)
+    return rep
+
+
+def check_quality(q: dict, tol: Tolerance) -> list[str]:
+    """The failed bars, as one-line messages (empty when int8 keeps the digits)."""
+    bad = []
+    if q["psnr_db_mean"] < tol.min_psnr_db:
+        bad.append(f"mean PSNR int8 vs fp32 {q['psnr_db_mean']:.1f} dB < {tol.min_psnr_db:g} dB")
+    if q.get("fd_fp32") is not None and q.get("fd_int8") is not None:
+        limit = q["fd_fp32"] * (1 + tol.max_fd_increase)
+        if q["fd_int8"] > limit:
+            bad.append(f"FD int8 {q['fd_int8']:.3f} > {limit:.3f} (fp32 {q['fd_fp32']:.3f} + {tol.max_fd_increase:.0%})")
+    if q.get("label_accuracy_fp32") is not None and q.get("label_accuracy_int8") is not None:
+        drop = q["label_accuracy_fp32"] - q["label_accuracy_int8"]
+        if drop > tol.max_accuracy_drop:
+            bad.append(f"label accuracy drops {drop:.1%} (> {tol.max_accuracy_drop:.0%})")
+    return bad
+
+
+def quantize_export(
+    out_dir,
+    model_dir=None,
+    calib_samples: int = 64,
+    seed: int = 0,
+    recipe="default",
+    tolerance: Tolerance | None = None,
+    quality_samples: int = 200,
+    fd: bool = False,
+    num_threads: int | None = None,
+    measure_latency: bool = True,
+    log=None,
+) -> dict:
+    """Write velocity_int8.onnx, sampler_int8.onnx and quantization.json into ``out_dir`` (which holds the
+    fp32 export); returns the summary (also the content of quantization.json). Raises FmEdgeError, writing
+    nothing, when int8 quality falls outside ``tolerance``."""
+    import onnx
+    import onnxruntime as ort
+
+    from fm_edge import __version__
+    from fm_edge.atomic import atomic_file
+    from fm_edge.export.sampler_graph import build_sampler
+    from fm_edge.export.validate import report, require, validate_sampler
+    from fm_edge.quantize import calibrate
+    from fm_edge.quantize.cpu import isa_seen
+    from fm_edge.quantize.ort_int8 import quantize_velocity
+    from fm_edge.quantize.recipe import get
+    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+    from fm_edge.solvers import nfe
+
+    log = log if log is not None else sys.stderr
+    tol = tolerance or Tolerance()
+    recipe = get(recipe)
+    out = Path(out_dir)
+    fp32 = out / "velocity.onnx"
+    if not fp32.is_file():
+        raise UsageError(f"{str(fp32)!r} does not exist: run fm-edge export -o {out} first (it writes the fp32 files)")
+    if quality_samples < 10:
+        raise UsageError(f"quality samples must be >= 10, got {quality_samples}")
+    s = sampler_settings(out)
+    # 1-2. calibration on the exported sampler's own trajectories
+    t0 = time.perf_counter()
+    v32 = OnnxVelocity(fp32, num_threads=num_threads)
+    traj = calibrate.collect(v32, calib_samples, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed)
+    print(
+        f"calibration: {calib_samples} noises x {s['solver']} {s['steps']} steps (NFE {nfe(s['solver'], s['steps'])}), "
+        f"cfg {s['cfg_scale']:g} -> {len(traj)} velocity inputs ({time.perf_counter() - t0:.1f} s)",
+        file=log,
+    )
+    with tempfile.TemporaryDirectory(prefix="fm_edge_int8_") as tmpd:
+        tmp = Path(tmpd)
+        vq, sq = tmp / VELOCITY_INT8, tmp / SAMPLER_INT8
+        # 3. quantize, wrap, check the wrapping
+        facts = quantize_velocity(fp32, vq, traj, recipe, log=log)
+        smeta = dict(OnnxSampler(out / "sampler.onnx").metadata) if (out / "sampler.onnx").is_file() else {}
+        qv = onnx.load(str(vq))
+        smeta.update({p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))})
+        smeta.update(model="sampler", solver=s["solver"], steps=str(s["steps"]), shift=str(float(s["shift"])),
+                     nfe=str(nfe(s["solver"], s["steps"])), cfg_scale=str(float(s["cfg_scale"])))  # fmt: skip
+        onnx.save(build_sampler(qv, s["solver"], s["steps"], s["shift"], smeta), str(sq))
+        checks = validate_sampler(sq, vq, s["solver"], s["steps"], s["shift"], s["cfg_scale"], seed=seed,
+                                  num_threads=num_threads)  # fmt: skip
+        report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
+        require(SAMPLER_INT8, checks)
+        # 4. quality on noises the calibration never saw
+        q = quality_report(fp32, vq, s, quality_samples, seed + 1, fd, num_threads)
+        q.pop("_images")
+        failed = check_quality(q, tol)
+        summary = {
+            "format": "fm-edge int8 recipe v1",
+            "method": "onnxruntime static QDQ (quantize_static after quant_pre_process), trajectory calibration",
+            "recipe": facts["recipe"],
+            "calibration": {
+                "method": recipe.calibrate_method,
+                "source": "velocity inputs recorded from the fp32 sampler (CFG doubled batch), every step",
+                **traj.meta,
+                "seeds": [seed],
+                "rows_used": facts["calibration_rows_used"],
+                "labels": sorted(int(v) for v in np.unique(traj.class_labels)),
+            },
+            "sampler": s,
+            "excluded_nodes": facts["excluded_nodes"],
+            "excluded_count": facts["excluded_count"],
+            "int8_fraction": {"weights": facts["weights_int8_fraction"], "macs": facts["macs_int8_fraction"]},
+            "macs_per_image": facts["macs_per_image"],
+            "passes": facts["passes"],
+            "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "fm_edge": __version__},
+            "isa": isa_seen(),
+            "files": {
+                "velocity.onnx": {"bytes": fp32.stat().st_size, "sha256": _sha256(fp32)},
+                VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": _sha256(vq)},
+                SAMPLER_INT8: {"bytes": sq.stat().st_size, "sha256": _sha256(sq)},
+            },
+            "size_ratio": facts["size_ratio"],
+            "quality": q,
+            "tolerance": {**tol.__dict__, "passed": not failed, "failed": failed},
+        }
+        if measure_latency:
+            s32 = OnnxVelocity(fp32, num_threads=num_threads).session
+            s8 = OnnxVelocity(vq, num_threads=num_threads).session
+            summary["latency_ms_per_call"] = {
+                f"batch {b}": {"fp32": round(_latency(s32, b), 3), "int8": round(_latency(s8, b), 3)} for b in (2, 128)
+            }
+            summary["latency_note"] = "velocity calls at batch 2 and 128 (= sampler batch 1 and 64 with CFG), median"
+        print(format_summary(summary), file=log)
+        if failed:
+            raise FmEdgeError(f"int8 quality is outside the tolerance: {'; '.join(failed)}; no int8 file written")
+        # 5. all three files land, each atomically
+        for name, src in ((VELOCITY_INT8, vq), (SAMPLER_INT8, sq)):
+            with atomic_file(out / name) as dst:
+                dst.write_bytes(src.read_bytes())
+                dst.chmod(0o644)
+        with atomic_file(out / RECIPE_JSON) as dst:
+            dst.write_text(json.dumps(summary, indent=2) + "\n")
+            dst.chmod(0o644)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    q = s["quality"]
+    f = s["files"]
+    lines = [
+        f"int8 ({s['recipe']['name']}): {s['int8_fraction']['macs']:.1%} of MACs and "
+        f"{s['int8_fraction']['weights']:.1%} of weights in int8, {s['excluded_count']} nodes kept in float",
+        f"  size   velocity_int8.onnx {f[VELOCITY_INT8]['bytes'] / 1e6:.3f} MB = {s['size_ratio']:.3f} x velocity.onnx",
+        f"  quality PSNR vs fp32 (same noise, {q['n_images']} digits) mean {q['psnr_db_mean']:.1f} dB, "
+        f"min {q['psnr_db_min']:.1f} dB; velocity SQNR {q['velocity_sqnr_db']:.1f} dB; worst layer "
+        f"{q['worst_layers'][0]['node']} {q['worst_layers'][0]['sqnr_db']:.1f} dB" if q["worst_layers"] else "",
+    ]
+    if q.get("fd_int8") is not None:
+        lines.append(
+            f"  FD fp32 {q['fd_fp32']:.3f} -> int8 {q['fd_int8']:.3f}; label accuracy "
+            f"{q['label_accuracy_fp32']:.1%} -> {q['label_accuracy_int8']:.1%}"
+        )
+    for b, d in s.get("latency_ms_per_call", {}).items():
+        lines.append(f"  latency {b}: fp32 {d['fp32']:.2f} ms, int8 {d['int8']:.2f} ms (x{d['fp32'] / d['int8']:.2f})")
+    lines.append(f"  ISA: {s['isa']['int8_path']}; {'✓ within tolerance' if s['tolerance']['passed'] else '✗ ' + '; '.join(s['tolerance']['failed'])}")
+    return "\n".join(lines)
+
+
+def export_int8(args, paths: dict) -> dict:
+    """The ``--int8`` step of ``fm-edge export`` (called after the fp32 files are written)."""
+    tol = Tolerance(max_fd_increase=float(getattr(args, "tolerance", 0.10)))
+    if getattr(args, "min_psnr", None) is not None:
+        tol.min_psnr_db = float(args.min_psnr)
+    return quantize_export(
+        Path(paths["velocity"]).parent,
+        getattr(args, "model", None),
+        calib_samples=int(getattr(args, "calib_samples", 64)),
+        seed=int(getattr(args, "seed", 0)),
+        recipe=getattr(args, "int8_recipe", None) or "default",
+        tolerance=tol,
+        quality_samples=int(getattr(args, "quality_samples", None) or 200),
+        fd=bool(getattr(args, "int8_fd", True)),
+        num_threads=getattr(args, "num_threads", None),
+    )

@@ -1,0 +1,112 @@
+"""The int8 recipe: every choice that shapes ``velocity_int8.onnx``, as one dataclass stored as JSON.
+
+The defaults are the recipe that measured best on this project's 2-core AVX2 CPU (no VNNI); the numbers
+behind each choice are in ``docs/int8_findings.md``. In short:
+
+- static QDQ (``quantize_dynamic`` would emit ConvInteger, slow on CPU), uint8 activations x int8
+  weights (S8S8 ran slower on AVX2), per-channel weights (better SQNR, same speed), 7-bit weights
+  (``reduce_range``): without VNNI the uint8 x int8 kernel adds products in saturating int16, and
+  full-range weights lost 4 dB of image PSNR to that saturation at the same speed;
+- every op type ORT can run in int8 is quantized, so the residual adds, concats and upsampling between
+  convs stay uint8 instead of bouncing through float;
+- kept in float, because int8 was slower there or hurt quality: the norm chains (GroupNorm has no int8
+  kernel, and its affine + SiLU run fused in float), the conditioning path (time/class embedding: a
+  quantized timestep loses the sinusoid), attention (QLinearSoftmax is slower than float Softmax), and the
+  first and last conv (1 input / 1 output channel: the int8 kernel is slower than float there);
+- after quantization, Shapes read the quantized tensors directly (no DQ just to read a shape).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from fm_edge.errors import UsageError
+
+ROLES = ("first_conv", "last_conv", "embedding", "conditioning", "attention", "norm", "norm_chain")
+PASSES = ("shapes_from_quantized", "drop_dead_nodes", "strip_value_info", "short_tensor_names")
+FORMATS = ("QDQ", "QOperator")
+QTYPES = ("QUInt8", "QInt8")
+METHODS = ("MinMax", "Entropy", "Percentile", "Distribution")
+ALL_OPS = (
+    "Conv", "Add", "Mul", "Concat", "Resize", "Reshape", "MatMul", "Gemm", "Sigmoid", "Transpose",
+    "Unsqueeze", "Gather", "Softmax", "InstanceNormalization",
+)  # fmt: skip
+
+
+@dataclass
+class Recipe:
+    name: str = "fm-edge-qdq-u8s8"
+    quant_format: str = "QDQ"
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = True
+    calibrate_method: str = "MinMax"
+    op_types: tuple[str, ...] = ALL_OPS
+    exclude_roles: tuple[str, ...] = ("conditioning", "norm_chain", "attention", "first_conv", "last_conv")
+    exclude_nodes: tuple[str, ...] = ()
+    passes: tuple[str, ...] = PASSES
+    #: ORT graph optimizers a runtime should switch off for this file (recorded in its metadata)
+    disabled_optimizers: tuple[str, ...] = ()
+    extra_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key in ("op_types", "exclude_roles", "exclude_nodes", "passes", "disabled_optimizers"):
+            setattr(self, key, tuple(getattr(self, key)))
+        checks = [
+            ("quant_format", self.quant_format, FORMATS),
+            ("activation_type", self.activation_type, QTYPES),
+            ("weight_type", self.weight_type, QTYPES),
+            ("calibrate_method", self.calibrate_method, METHODS),
+        ]
+        for key, val, allowed in checks:
+            if val not in allowed:
+                raise UsageError(f"recipe {key}={val!r} is not supported: choose one of {', '.join(allowed)}")
+        for role in self.exclude_roles:
+            if role not in ROLES:
+                raise UsageError(f"recipe exclude role {role!r} is unknown: choose from {', '.join(ROLES)}")
+        for p in self.passes:
+            if p not in PASSES:
+                raise UsageError(f"recipe pass {p!r} is unknown: choose from {', '.join(PASSES)}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"recipe has unknown keys {unknown}: allowed are {sorted(known)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+#: Named recipes (what ``--int8-recipe NAME`` could pick); "default" is the one that won.
+RECIPES = {
+    "default": Recipe(),
+    # Each is the default with one choice flipped: what docs/int8_findings.md compares against.
+    "naive": Recipe(
+        name="naive-qdq-all",
+        per_channel=False,
+        exclude_roles=(),
+        passes=(),
+    ),
+    "conv-only": Recipe(name="qdq-conv-only", op_types=("Conv",)),
+    "s8s8": Recipe(name="qdq-s8s8", activation_type="QInt8"),
+    "full-range": Recipe(name="qdq-u8s8-full-range", reduce_range=False),
+}
+
+
+def get(name_or_recipe) -> Recipe:
+    if isinstance(name_or_recipe, Recipe):
+        return name_or_recipe
+    if isinstance(name_or_recipe, dict):
+        return Recipe.from_dict(name_or_recipe)
+    if name_or_recipe not in RECIPES:
+        raise UsageError(f"unknown int8 recipe {name_or_recipe!r}: choose one of {', '.join(RECIPES)}")
+    return RECIPES[name_or_recipe]
