@@ -222,6 +222,20 @@ def test_cli_demo_without_models_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "none" in err
 
 
+def test_cli_demo_port_in_use_is_one_line(demo_onnx, capsys):
+    from fm_edge.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = main(["demo", "--model", str(demo_onnx), "--port", str(port), "--no-reference"])
+    err = capsys.readouterr().err.strip()
+    assert (
+        code == 2 and err == f"fm-edge demo: error: port {port} on 127.0.0.1 is in use: pass another --port"
+    )
+
+
 # --- in process, through gradio_client ---
 
 

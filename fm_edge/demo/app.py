@@ -12,6 +12,7 @@ The output tuple is the same with and without torch: the PyTorch image is None w
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
@@ -105,6 +106,8 @@ def make_handler(models: DemoModels):
                 randomize,
                 models.sampler.get("shift", 1.0),
             )
+            if models.reference is not None and not models.reference.ready:
+                progress(0, desc="loading the PyTorch reference (first request only)")
             backends = models.backends()
             result = compare(
                 backends,
@@ -116,9 +119,7 @@ def make_handler(models: DemoModels):
                 req.seed,
                 progress=lambda done, total, name: progress((done, total), desc=f"sampling: {name}"),
             )
-        except UsageError as exc:
-            raise gr.Error(str(exc), title="Invalid input") from None
-        except FmEdgeError as exc:
+        except FmEdgeError as exc:  # UsageError included: one readable line, shown on the page and to clients
             raise gr.Error(str(exc)) from None
         fp32, int8 = result.runs[NAMES["fp32"]].images, result.runs[NAMES["int8"]].images
         ref = result.runs.get(NAMES["torch"])
@@ -136,13 +137,25 @@ def make_handler(models: DemoModels):
     return generate
 
 
+def _where(folder: Path) -> str:
+    """The model folder as a reader wants it: the shipped files by name, else relative to the cwd if inside."""
+    from fm_edge.runtime import SHIPPED_ONNX
+
+    if folder.resolve() == SHIPPED_ONNX.resolve():
+        return "the shipped compact-mnist ONNX files"
+    try:
+        return f"`{folder.resolve().relative_to(Path.cwd())}`"
+    except ValueError:
+        return f"`{folder}`"
+
+
 def _header(models: DemoModels) -> str:
     sizes = " · ".join(f"{n}: {_mb(b)}" for n, b in models.sizes.items())
     return (
         "# fm-edge: int8 next to fp32, from the same noise\n"
         "Flow-matching MNIST digits in a few ODE steps. Every column starts from the **same noise**; "
         "the heat map shows where the int8 model's digits differ from fp32. "
-        f"Models from `{models.folder}` ({sizes})."
+        f"Models: {_where(models.folder)} ({sizes})."
     )
 
 
@@ -231,6 +244,6 @@ def launch(
             **kw,
         )
     except OSError as exc:
-        raise UsageError(
-            f"cannot serve on {host}:{port} ({str(exc).splitlines()[0]}): try --port N"
-        ) from None
+        if "empty port" in str(exc):  # gradio's words for "in use"
+            raise UsageError(f"port {port} on {host} is in use: pass another --port") from None
+        raise UsageError(f"cannot serve on {host}:{port}: {str(exc).splitlines()[0]}") from None

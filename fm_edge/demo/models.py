@@ -73,6 +73,11 @@ class Reference:
             text = str(exc).strip()
             self._error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
+    @property
+    def ready(self) -> bool:
+        """Loaded (or failed): get() will not wait."""
+        return not self._thread.is_alive()
+
     def get(self, timeout: float | None = None) -> Backend | None:
         self._thread.join(timeout)
         return self._backend
