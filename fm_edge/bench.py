@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fm_edge.convention import default_labels
-from fm_edge.errors import UsageError
+from fm_edge.errors import FmEdgeError, UsageError
 
 ALL_BACKENDS = (
     "torch-fp32",
@@ -94,11 +94,10 @@ def make_runner(
                 b.to_native,
                 b.to_numpy,
             )
-        elif name == "torchao-int8":
-            from fm_edge.quantize.torchao_backend import torchao_velocity
+        elif name == "torchao-int8":  # rebuilt at load from the fp32 safetensors + recipe: same file size
+            from fm_edge.quantize.torchao_backend import sample_backend
 
-            velocity, size = torchao_velocity(model_dir, onnx_dir)
-            b = Backend("torchao-int8", velocity, b.sampler, b.to_native, b.to_numpy)
+            b = sample_backend(model_dir, num_threads)
         return _velocity_runner(b, cfg_scale, shift), size, None
     path = onnx_dir / ONNX_FILES[name]
     if not path.is_file():
@@ -143,7 +142,7 @@ def bench(
     for name in backends:
         try:
             run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift)
-        except (ImportError, UsageError, NotImplementedError) as exc:
+        except (ImportError, FmEdgeError, NotImplementedError) as exc:
             skipped[name] = str(exc).splitlines()[0]
             print(f"skip {name}: {skipped[name]}", file=sys.stderr)
             continue

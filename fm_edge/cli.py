@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample digits in a few ODE steps")
     p.add_argument("--model", default=None, help="checkpoint folder, or velocity .onnx with --backend onnx")
-    p.add_argument("--backend", default="torch", help="torch or onnx")
+    p.add_argument("--backend", default="torch", help="torch, onnx or torchao (int8)")
     _sampler_flags(p)
     p.add_argument("--num-samples", type=int, default=100)
     p.add_argument(

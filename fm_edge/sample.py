@@ -16,7 +16,7 @@ from fm_edge.convention import MODEL_SIZE, decode_uint8, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_cfg, check_solver, nfe, sample, time_grid
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "torchao")
 
 
 @dataclass
@@ -72,6 +72,10 @@ def make_backend(name: str, model=None, num_threads: int | None = None) -> Backe
         return torch_backend(model, num_threads)
     if name == "onnx":
         return onnx_backend(model, num_threads)
+    if name == "torchao":  # int8 PT2E, rebuilt at load from the fp32 safetensors (no pickles)
+        from fm_edge.quantize.torchao_backend import sample_backend
+
+        return sample_backend(model, num_threads)
     raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 

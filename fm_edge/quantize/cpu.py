@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import platform
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+)
 
 
 def isa_seen(cpuinfo: str = "/proc/cpuinfo") -> dict:

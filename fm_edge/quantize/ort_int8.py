@@ -44,7 +44,9 @@ def check_fp32(model, path: str = "model") -> None:
         )
     op = G.opset(model)
     if op not in OPSETS:
-        raise UsageError(f"{path} has opset {op}: int8 quantization supports opset {OPSETS.start}-{OPSETS.stop - 1}")
+        raise UsageError(
+            f"{path} has opset {op}: int8 quantization supports opset {OPSETS.start}-{OPSETS.stop - 1}"
+        )
     g = model.graph
     inits = {i.name for i in g.initializer}
     inputs = tuple(i.name for i in g.input if i.name not in inits)
@@ -61,7 +63,9 @@ def check_calibration(calib: Trajectories) -> None:
         )
     missing = sorted(set(range(MIN_NOISES)) - set(np.unique(calib.class_labels).tolist()))
     if missing:
-        raise UsageError(f"calibration set has no inputs for labels {missing}: it must cover 0-{MIN_NOISES - 1}")
+        raise UsageError(
+            f"calibration set has no inputs for labels {missing}: it must cover 0-{MIN_NOISES - 1}"
+        )
 
 
 def excluded_nodes(model, recipe: Recipe) -> dict[str, list[str]]:
@@ -77,7 +81,9 @@ def excluded_nodes(model, recipe: Recipe) -> dict[str, list[str]]:
     return out
 
 
-def _quantize_static(pre: Path, raw: Path, calib: Trajectories, recipe: Recipe, exclude: list[str], batch: int):
+def _quantize_static(
+    pre: Path, raw: Path, calib: Trajectories, recipe: Recipe, exclude: list[str], batch: int
+):
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     # Not CalibMaxIntermediateOutputs: in ORT 1.32 MinMax drops each full chunk without merging its ranges.
@@ -142,7 +148,9 @@ def quantize_velocity(
         try:
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception as exc:
-            raise FmEdgeError(f"quant_pre_process failed on {fp32_path}: {str(exc).splitlines()[0]}") from None
+            raise FmEdgeError(
+                f"quant_pre_process failed on {fp32_path}: {str(exc).splitlines()[0]}"
+            ) from None
         pre_model = onnx.load(str(pre))
         excluded = excluded_nodes(pre_model, recipe)
         exclude = sorted({n for names in excluded.values() for n in names})

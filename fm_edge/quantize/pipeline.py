@@ -8,6 +8,8 @@
 4. measure quality on other noises: PSNR int8 vs fp32 final images from the same noise, end-to-end and
    per-layer SQNR, and (with ``fd=True``) FD and label accuracy through the project evaluator;
 5. write the three files atomically, or none: quality outside the tolerance raises FmEdgeError.
+
+(Quality is measured before the sampler graph is built, so a failing quantization fails fast.)
 """
 
 from __future__ import annotations
@@ -46,23 +48,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """metadata_props of an .onnx file, read without building a session (sampler graphs are slow to load)."""
+    from fm_edge.quantize.graph import load
+
+    return {p.key: p.value for p in load(path).metadata_props}
+
+
 def sampler_settings(out_dir: Path) -> dict:
     """solver/steps/shift/cfg_scale of the exported sampler.onnx (else velocity.onnx's recommendation)."""
     from fm_edge.model import DEFAULT_SAMPLER
-    from fm_edge.runtime import OnnxSampler, OnnxVelocity
 
     sampler = out_dir / "sampler.onnx"
-    if sampler.is_file():
-        s = OnnxSampler(sampler)
-        rec = s.recommended_sampler()
+    meta = onnx_metadata(sampler if sampler.is_file() else out_dir / "velocity.onnx")
+    try:
+        rec = dict(DEFAULT_SAMPLER, **json.loads(meta.get("recommended_sampler", "{}")))
         return {
-            "solver": s.solver or rec.get("solver", DEFAULT_SAMPLER["solver"]),
-            "steps": s.steps or int(rec.get("steps", DEFAULT_SAMPLER["steps"])),
-            "shift": float(s.metadata.get("shift", rec.get("shift", 1.0))),
-            "cfg_scale": s.cfg_scale,
+            "solver": meta.get("solver", rec["solver"]),
+            "steps": int(meta.get("steps", rec["steps"])),
+            "shift": float(meta.get("shift", rec.get("shift", 1.0))),
+            "cfg_scale": float(meta.get("cfg_scale", rec["cfg_scale"])),
         }
-    rec = dict(DEFAULT_SAMPLER, **OnnxVelocity(out_dir / "velocity.onnx").recommended_sampler())
-    return {k: rec[k] for k in ("solver", "steps", "shift", "cfg_scale")}
+    except (ValueError, TypeError) as exc:
+        raise FmEdgeError(f"unreadable sampler metadata in {out_dir}: {exc}") from None
 
 
 def sample_images(velocity, noise, labels, s: dict, batch_size: int = 256) -> np.ndarray:
@@ -105,7 +113,9 @@ def quality_report(fp32_path, int8_path, s: dict, n: int, seed: int, fd: bool, n
     img32 = sample_images(v32, noise, labels, s)
     img8 = sample_images(v8, noise, labels, s)
     ps = sqnr.psnr_db(img32, img8)
-    held = calibrate.collect(v32, calibrate.MIN_NOISES, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed)
+    held = calibrate.collect(
+        v32, calibrate.MIN_NOISES, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed
+    )
     layers = sqnr.layer_sqnr(fp32_path, int8_path, held.feeds())
     rep = {
         "noise_seed": seed,
@@ -138,7 +148,9 @@ def check_quality(q: dict, tol: Tolerance) -> list[str]:
     if q.get("fd_fp32") is not None and q.get("fd_int8") is not None:
         limit = q["fd_fp32"] * (1 + tol.max_fd_increase)
         if q["fd_int8"] > limit:
-            bad.append(f"FD int8 {q['fd_int8']:.3f} > {limit:.3f} (fp32 {q['fd_fp32']:.3f} + {tol.max_fd_increase:.0%})")
+            bad.append(
+                f"FD int8 {q['fd_int8']:.3f} > {limit:.3f} (fp32 {q['fd_fp32']:.3f} + {tol.max_fd_increase:.0%})"
+            )
     if q.get("label_accuracy_fp32") is not None and q.get("label_accuracy_int8") is not None:
         drop = q["label_accuracy_fp32"] - q["label_accuracy_int8"]
         if drop > tol.max_accuracy_drop:
@@ -173,7 +185,7 @@ def quantize_export(
     from fm_edge.quantize.cpu import isa_seen
     from fm_edge.quantize.ort_int8 import quantize_velocity
     from fm_edge.quantize.recipe import get
-    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+    from fm_edge.runtime import OnnxVelocity
     from fm_edge.solvers import nfe
 
     log = log if log is not None else sys.stderr
@@ -182,7 +194,9 @@ def quantize_export(
     out = Path(out_dir)
     fp32 = out / "velocity.onnx"
     if not fp32.is_file():
-        raise UsageError(f"{str(fp32)!r} does not exist: run fm-edge export -o {out} first (it writes the fp32 files)")
+        raise UsageError(
+            f"{str(fp32)!r} does not exist: run fm-edge export -o {out} first (it writes the fp32 files)"
+        )
     if quality_samples < 10:
         raise UsageError(f"quality samples must be >= 10, got {quality_samples}")
     s = sampler_settings(out)
@@ -198,22 +212,26 @@ def quantize_export(
     with tempfile.TemporaryDirectory(prefix="fm_edge_int8_") as tmpd:
         tmp = Path(tmpd)
         vq, sq = tmp / VELOCITY_INT8, tmp / SAMPLER_INT8
-        # 3. quantize, wrap, check the wrapping
+        # 3. quantize
         facts = quantize_velocity(fp32, vq, traj, recipe, log=log)
-        smeta = dict(OnnxSampler(out / "sampler.onnx").metadata) if (out / "sampler.onnx").is_file() else {}
-        qv = onnx.load(str(vq))
-        smeta.update({p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))})
-        smeta.update(model="sampler", solver=s["solver"], steps=str(s["steps"]), shift=str(float(s["shift"])),
-                     nfe=str(nfe(s["solver"], s["steps"])), cfg_scale=str(float(s["cfg_scale"])))  # fmt: skip
-        onnx.save(build_sampler(qv, s["solver"], s["steps"], s["shift"], smeta), str(sq))
-        checks = validate_sampler(sq, vq, s["solver"], s["steps"], s["shift"], s["cfg_scale"], seed=seed,
-                                  num_threads=num_threads)  # fmt: skip
-        report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
-        require(SAMPLER_INT8, checks)
-        # 4. quality on noises the calibration never saw
+        # 4. quality on noises the calibration never saw (before the sampler graph: fail fast)
         q = quality_report(fp32, vq, s, quality_samples, seed + 1, fd, num_threads)
         q.pop("_images")
         failed = check_quality(q, tol)
+        # 5. wrap the int8 velocity graph into sampler_int8.onnx and check the wrapping
+        if not failed:
+            smeta = onnx_metadata(out / "sampler.onnx") if (out / "sampler.onnx").is_file() else {}
+            qv = onnx.load(str(vq))
+            smeta.update(
+                {p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))}
+            )
+            smeta.update(model="sampler", solver=s["solver"], steps=str(s["steps"]), shift=str(float(s["shift"])),
+                         nfe=str(nfe(s["solver"], s["steps"])), cfg_scale=str(float(s["cfg_scale"])))  # fmt: skip
+            onnx.save(build_sampler(qv, s["solver"], s["steps"], s["shift"], smeta), str(sq))
+            checks = validate_sampler(sq, vq, s["solver"], s["steps"], s["shift"], s["cfg_scale"], seed=seed,
+                                      num_threads=num_threads)  # fmt: skip
+            report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
+            require(SAMPLER_INT8, checks)
         summary = {
             "format": "fm-edge int8 recipe v1",
             "method": "onnxruntime static QDQ (quantize_static after quant_pre_process), trajectory calibration",
@@ -237,22 +255,28 @@ def quantize_export(
             "files": {
                 "velocity.onnx": {"bytes": fp32.stat().st_size, "sha256": _sha256(fp32)},
                 VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": _sha256(vq)},
-                SAMPLER_INT8: {"bytes": sq.stat().st_size, "sha256": _sha256(sq)},
             },
             "size_ratio": facts["size_ratio"],
             "quality": q,
             "tolerance": {**tol.__dict__, "passed": not failed, "failed": failed},
         }
-        if measure_latency:
+        if sq.is_file():
+            summary["files"][SAMPLER_INT8] = {"bytes": sq.stat().st_size, "sha256": _sha256(sq)}
+        if measure_latency and not failed:
             s32 = OnnxVelocity(fp32, num_threads=num_threads).session
             s8 = OnnxVelocity(vq, num_threads=num_threads).session
             summary["latency_ms_per_call"] = {
-                f"batch {b}": {"fp32": round(_latency(s32, b), 3), "int8": round(_latency(s8, b), 3)} for b in (2, 128)
+                f"batch {b}": {"fp32": round(_latency(s32, b), 3), "int8": round(_latency(s8, b), 3)}
+                for b in (2, 128)
             }
-            summary["latency_note"] = "velocity calls at batch 2 and 128 (= sampler batch 1 and 64 with CFG), median"
+            summary["latency_note"] = (
+                "velocity calls at batch 2 and 128 (= sampler batch 1 and 64 with CFG), median"
+            )
         print(format_summary(summary), file=log)
         if failed:
-            raise FmEdgeError(f"int8 quality is outside the tolerance: {'; '.join(failed)}; no int8 file written")
+            raise FmEdgeError(
+                f"int8 quality is outside the tolerance: {'; '.join(failed)}; no int8 file written"
+            )
         # 5. all three files land, each atomically
         for name, src in ((VELOCITY_INT8, vq), (SAMPLER_INT8, sq)):
             with atomic_file(out / name) as dst:
@@ -273,7 +297,9 @@ def format_summary(s: dict) -> str:
         f"  size   velocity_int8.onnx {f[VELOCITY_INT8]['bytes'] / 1e6:.3f} MB = {s['size_ratio']:.3f} x velocity.onnx",
         f"  quality PSNR vs fp32 (same noise, {q['n_images']} digits) mean {q['psnr_db_mean']:.1f} dB, "
         f"min {q['psnr_db_min']:.1f} dB; velocity SQNR {q['velocity_sqnr_db']:.1f} dB; worst layer "
-        f"{q['worst_layers'][0]['node']} {q['worst_layers'][0]['sqnr_db']:.1f} dB" if q["worst_layers"] else "",
+        f"{q['worst_layers'][0]['node']} {q['worst_layers'][0]['sqnr_db']:.1f} dB"
+        if q["worst_layers"]
+        else "",
     ]
     if q.get("fd_int8") is not None:
         lines.append(
@@ -281,8 +307,12 @@ def format_summary(s: dict) -> str:
             f"{q['label_accuracy_fp32']:.1%} -> {q['label_accuracy_int8']:.1%}"
         )
     for b, d in s.get("latency_ms_per_call", {}).items():
-        lines.append(f"  latency {b}: fp32 {d['fp32']:.2f} ms, int8 {d['int8']:.2f} ms (x{d['fp32'] / d['int8']:.2f})")
-    lines.append(f"  ISA: {s['isa']['int8_path']}; {'✓ within tolerance' if s['tolerance']['passed'] else '✗ ' + '; '.join(s['tolerance']['failed'])}")
+        lines.append(
+            f"  latency {b}: fp32 {d['fp32']:.2f} ms, int8 {d['int8']:.2f} ms (x{d['fp32'] / d['int8']:.2f})"
+        )
+    lines.append(
+        f"  ISA: {s['isa']['int8_path']}; {'✓ within tolerance' if s['tolerance']['passed'] else '✗ ' + '; '.join(s['tolerance']['failed'])}"
+    )
     return "\n".join(lines)
 
 

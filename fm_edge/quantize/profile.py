@@ -47,7 +47,10 @@ def op_profile(
     with tempfile.TemporaryDirectory() as tmp:
         so.profile_file_prefix = os.path.join(tmp, "prof")
         sess = ort.InferenceSession(
-            str(model_path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
+            str(model_path),
+            so,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(disabled_optimizers),
         )
         feeds = _feeds(batch)
         for _ in range(max(1, repeats)):

@@ -68,7 +68,12 @@ def layer_sqnr(fp32_model, int8_model, feeds: dict) -> list[dict]:
     ref = _run_exposed(f, [float_out[r[0]] for r in rows], feeds)
     got = _run_exposed(q, [r[2] for r in rows], feeds)
     return [
-        {"node": node, "op": op, "sqnr_db": round(sqnr_db(ref[float_out[node]], got[t]), 2), "int8": node in q8}
+        {
+            "node": node,
+            "op": op,
+            "sqnr_db": round(sqnr_db(ref[float_out[node]], got[t]), 2),
+            "int8": node in q8,
+        }
         for node, op, t in rows
     ]
 

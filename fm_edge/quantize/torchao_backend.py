@@ -58,7 +58,9 @@ class TorchaoRecipe:
         d = json.loads(text)
         known = {f.name for f in fields(cls)}
         if not isinstance(d, dict) or set(d) - known:
-            raise UsageError(f"torchao recipe has unknown keys {sorted(set(d) - known)}: allowed {sorted(known)}")
+            raise UsageError(
+                f"torchao recipe has unknown keys {sorted(set(d) - known)}: allowed {sorted(known)}"
+            )
         return cls(**d)
 
 
@@ -79,7 +81,10 @@ def available(method: str = "pt2e") -> tuple[bool, str]:
         else:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_  # noqa: F401
     except Exception as exc:  # ImportError, or a torchao built against another torch
-        return False, f"torchao {method} is unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        return (
+            False,
+            f"torchao {method} is unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
+        )
     return True, ""
 
 
@@ -139,7 +144,9 @@ def _pt2e(net, recipe: TorchaoRecipe, traj, log) -> tuple[object, dict]:
         patched = sum(_plain_upsample(m) for m in net.modules() if type(m).__name__ == "Upsample2D")
         diff = float((net(x, t, y) - before).abs().max())
     if diff > 1e-5:
-        raise FmEdgeError(f"the export-friendly Upsample2D differs from diffusers' by {diff:.2e}: cannot use PT2E")
+        raise FmEdgeError(
+            f"the export-friendly Upsample2D differs from diffusers' by {diff:.2e}: cannot use PT2E"
+        )
     batch = torch.export.Dim("batch", min=MIN_EXPORT_BATCH, max=1 << 16)
     try:
         ep = torch.export.export(net, (x, t, y), dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
@@ -156,7 +163,12 @@ def _pt2e(net, recipe: TorchaoRecipe, traj, log) -> tuple[object, dict]:
             rows = slice(i, i + 64)
             if len(traj.sample[rows]) < MIN_EXPORT_BATCH:
                 break
-            prepared(*(torch.from_numpy(np.ascontiguousarray(a[rows])) for a in (traj.sample, traj.timestep, traj.class_labels)))
+            prepared(
+                *(
+                    torch.from_numpy(np.ascontiguousarray(a[rows]))
+                    for a in (traj.sample, traj.timestep, traj.class_labels)
+                )
+            )
     converted = convert_pt2e(prepared)
     report = {"upsample_patched": patched, **_pt2e_report(converted)}
     return converted, report
@@ -180,7 +192,9 @@ def _linear_quantize(net, method: str) -> dict:
     import torch
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
-    cfg = Int8DynamicActivationInt8WeightConfig() if method == "linear-int8-dynamic" else Int8WeightOnlyConfig()
+    cfg = (
+        Int8DynamicActivationInt8WeightConfig() if method == "linear-int8-dynamic" else Int8WeightOnlyConfig()
+    )
     quantize_(net, cfg)
     quantized, untouched = [], []
     for name, mod in net.named_modules():
@@ -217,7 +231,9 @@ class TorchaoVelocity:
             return self.module(x.contiguous(), tt.contiguous(), labels)
 
 
-def build_velocity(model_dir=None, recipe: TorchaoRecipe | None = None, num_threads: int | None = None, log=None):
+def build_velocity(
+    model_dir=None, recipe: TorchaoRecipe | None = None, num_threads: int | None = None, log=None
+):
     """Load the fp32 checkpoint (safetensors), quantize it with ``recipe``, and wrap it as a velocity backend."""
     import sys
 
@@ -235,7 +251,9 @@ def build_velocity(model_dir=None, recipe: TorchaoRecipe | None = None, num_thre
         torch.set_num_threads(num_threads)
     model, _ = load(model_dir)
     fp32 = calibrate.numpy_velocity(velocity_fn(model))
-    traj = calibrate.collect(fp32, recipe.calib_noises, recipe.solver, recipe.steps, recipe.cfg_scale, recipe.shift, recipe.seed)
+    traj = calibrate.collect(
+        fp32, recipe.calib_noises, recipe.solver, recipe.steps, recipe.cfg_scale, recipe.shift, recipe.seed
+    )
     net = _Net.wrap(model)
     feeds = [torch.from_numpy(a[:16].copy()) for a in (traj.sample, traj.timestep, traj.class_labels)]
     with torch.no_grad():
@@ -252,7 +270,9 @@ def build_velocity(model_dir=None, recipe: TorchaoRecipe | None = None, num_thre
         module = torch.compile(module, dynamic=False)
     with torch.no_grad():
         got = module(*feeds).numpy()
-    report.update(method=recipe.method, velocity_sqnr_db=round(sqnr.sqnr_db(ref, got), 2), calibration=traj.meta)
+    report.update(
+        method=recipe.method, velocity_sqnr_db=round(sqnr.sqnr_db(ref, got), 2), calibration=traj.meta
+    )
     print(f"torchao {recipe.method}: velocity SQNR vs fp32 {report['velocity_sqnr_db']:.1f} dB", file=log)
     return TorchaoVelocity(module, recipe, report)
 
