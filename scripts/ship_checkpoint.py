@@ -135,8 +135,17 @@ def main():
     # 6. the NFE curve (euler and heun, 1-16 steps; 32 Euler steps is in the bars) beside dopri5
     if args.skip_curve:
         return
-    curve = nfe_curve(ob, tb, ("euler", "heun"), (1, 2, 4, 8, 16), n_curve, sampler["cfg_scale"],
-                      sampler["shift"], seed=0, reference_n=n_ref)
+    curve = nfe_curve(
+        ob,
+        tb,
+        ("euler", "heun"),
+        (1, 2, 4, 8, 16),
+        n_curve,
+        sampler["cfg_scale"],
+        sampler["shift"],
+        seed=0,
+        reference_n=n_ref,
+    )
     (res_dir / "nfe_curve.json").write_text(json.dumps(curve, indent=1))
     plot(curve, ROOT / "docs" / "nfe_curve.png")
     for row in curve["rows"]:

@@ -235,7 +235,7 @@ def weight_fractions(fp32_model, qmodel, macs: dict[str, int]) -> dict:
     f = load(fp32_model).graph
     inits = {i.name: int(np.prod(i.dims, dtype=np.int64)) for i in f.initializer}
     params = {n.name: inits.get(n.input[1], 0) for n in f.node if n.op_type in MAC_OPS and len(n.input) > 1}
-    q8 = set(int8_nodes(qmodel))
+    q8 = {n.removesuffix("_quant") for n in int8_nodes(qmodel)}  # QOperator nodes are named <node>_quant
     total_w = sum(params.values()) or 1
     total_m = sum(macs.values()) or 1
     return {
