@@ -1,19 +1,22 @@
 """The int8 recipe: every choice that shapes ``velocity_int8.onnx``, as one dataclass stored as JSON.
 
 The defaults are the recipe that measured best on this project's 2-core AVX2 CPU (no VNNI); the numbers
-behind each choice are in ``docs/int8_findings.md``. In short:
+behind each choice, including the variants that did not pay, are in ``docs/int8_findings.md``. In short:
 
-- static QDQ (``quantize_dynamic`` would emit ConvInteger, slow on CPU), uint8 activations x int8
-  weights (S8S8 ran slower on AVX2), per-channel weights (better SQNR, same speed), 7-bit weights
-  (``reduce_range``): without VNNI the uint8 x int8 kernel adds products in saturating int16, and
-  full-range weights lost 4 dB of image PSNR to that saturation at the same speed;
-- every op type ORT can run in int8 is quantized, so the residual adds, concats and upsampling between
-  convs stay uint8 instead of bouncing through float;
-- kept in float, because int8 was slower there or hurt quality: the norm chains (GroupNorm has no int8
-  kernel, and its affine + SiLU run fused in float), the conditioning path (time/class embedding: a
-  quantized timestep loses the sinusoid), attention (QLinearSoftmax is slower than float Softmax), and the
-  first and last conv (1 input / 1 output channel: the int8 kernel is slower than float there);
-- after quantization, Shapes read the quantized tensors directly (no DQ just to read a shape).
+- static QDQ (``quantize_dynamic`` would emit ConvInteger, slow on CPU); uint8 activations x int8 weights
+  (S8S8 ran 1.0-1.25x where U8S8 ran 1.25-1.55x); per-channel weights (same speed and velocity SQNR as
+  per-tensor here, a better worst image); 7-bit weights (``reduce_range``): without VNNI the uint8 x int8
+  kernel adds pairs of products in saturating int16, and full-range weights lost 6 dB of worst-image PSNR
+  to that saturation at the same speed (the fake-quant SQNR, which cannot saturate, was the same);
+- every op type ORT runs in int8 is quantized, so the residual adds, skip concats and upsampling between
+  convs stay uint8 instead of bouncing through float (conv-only: 1.40x instead of 1.54x at batch 128);
+- kept in float: the conditioning path (time/class embedding: a quantized timestep destroys the sinusoidal
+  embedding, PSNR 7 dB), the norm chains (GroupNorm has no int8 kernel; its affine + SiLU run fused in
+  float; int8 there cost 2 dB of SQNR for a mixed speed result), attention (QLinearSoftmax is slower than
+  float Softmax), the first and last conv (1 input / 1 output channel: the int8 kernel is 0.3-0.8x of float
+  there, and int8 cost 2.5 dB SQNR);
+- after quantization, Shapes read the quantized tensors directly (no full-tensor DQ just to read a shape),
+  and tensors get short names (the file is 0.32x of fp32 instead of 0.38x).
 """
 
 from __future__ import annotations
