@@ -59,11 +59,17 @@ class TrainConfig:
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint-<step>/ in output_dir, by step (temporary folders excluded)."""
+    return sorted(
+        (int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))
+    )
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The complete checkpoint-<step>/ with the highest step (temporary folders are ignored)."""
-    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))]
-    found = [(s, p) for s, p in found if (p / "state.json").is_file()]
-    return max(found)[1] if found else None
+    found = [(s, p) for s, p in _checkpoints(output_dir) if (p / "state.json").is_file()]
+    return found[-1][1] if found else None
 
 
 def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
@@ -78,8 +84,7 @@ def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, k
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         state = dict(state, ema_optimization_step=ema.optimization_step)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    old = sorted((int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := CKPT_RE.match(p.name)))
-    for _, p in old[:-keep]:
+    for _, p in _checkpoints(out)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
     return final
 

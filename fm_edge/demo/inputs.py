@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fm_edge.convention import NULL_LABEL, NUM_CLASSES
+from fm_edge.convention import NUM_CLASSES, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import MAX_CFG, SOLVERS
 
@@ -38,16 +38,24 @@ class Request:
         return len(self.labels)
 
 
-def as_int(value, name: str, lo: int, hi: int) -> int:
-    """An integer lo..hi from an int or an integral float/str; a UsageError otherwise."""
-    allowed = f"{name} must be a whole number from {lo} to {hi}"
+def _finite(value, allowed: str) -> float:
+    """``value`` as a finite float (not a bool or None); a UsageError naming ``allowed`` otherwise."""
     if isinstance(value, bool) or value is None:
         raise UsageError(f"{allowed}, got {value!r}")
     try:
         f = float(value)
     except (TypeError, ValueError):
         raise UsageError(f"{allowed}, got {value!r}") from None
-    if not math.isfinite(f) or not f.is_integer():
+    if not math.isfinite(f):
+        raise UsageError(f"{allowed}, got {value!r}")
+    return f
+
+
+def as_int(value, name: str, lo: int, hi: int) -> int:
+    """An integer lo..hi from an int or an integral float/str; a UsageError otherwise."""
+    allowed = f"{name} must be a whole number from {lo} to {hi}"
+    f = _finite(value, allowed)
+    if not f.is_integer():
         raise UsageError(f"{allowed}, got {value!r}")
     n = int(f)
     if not lo <= n <= hi:
@@ -57,13 +65,8 @@ def as_int(value, name: str, lo: int, hi: int) -> int:
 
 def as_float(value, name: str, lo: float, hi: float) -> float:
     allowed = f"{name} must be a number from {lo:g} to {hi:g}"
-    if isinstance(value, bool) or value is None:
-        raise UsageError(f"{allowed}, got {value!r}")
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{allowed}, got {value!r}") from None
-    if not math.isfinite(f) or not lo <= f <= hi:
+    f = _finite(value, allowed)
+    if not lo <= f <= hi:
         raise UsageError(f"{allowed}, got {value!r}")
     return f
 
@@ -74,10 +77,8 @@ def labels_for(digit, n: int) -> np.ndarray:
     if key not in DIGITS:
         raise UsageError(f"digit must be one of {', '.join(DIGITS)}, got {digit!r}")
     if key == "cycle":
-        return np.arange(n, dtype=np.int64) % NUM_CLASSES
-    if key == "any":
-        return np.full(n, NULL_LABEL, dtype=np.int64)
-    return np.full(n, int(key), dtype=np.int64)
+        return default_labels(n)
+    return default_labels(n, unconditional=True) if key == "any" else default_labels(n, int(key))
 
 
 def parse(
