@@ -210,17 +210,6 @@ def test_failed_validation_leaves_no_file(tiny_ckpt, tmp_path, monkeypatch, caps
     assert (old / "velocity.onnx").read_bytes() == b"good"
 
 
-def test_int8_flag_without_quantize_module(tiny_ckpt, tmp_path, capsys):
-    try:
-        from fm_edge.quantize import export_int8  # noqa: F401
-    except ImportError:
-        code, out, err = run_cli(["export", "--model", tiny_ckpt, "-o", tmp_path / "o", "--int8"], capsys)
-        assert code == 2 and len(error_lines(err)) == 1 and "--int8" in err
-        assert not (tmp_path / "o").exists()
-    else:
-        pytest.skip("fm_edge.quantize provides --int8")
-
-
 def test_bad_solver_and_steps(tiny_ckpt, tmp_path):
     with pytest.raises(UsageError, match="unknown solver"):
         export(tiny_ckpt, tmp_path / "o", solver="dopri5")

@@ -24,7 +24,10 @@ def main(args):
     """``fm-edge demo``: build the page and serve it until interrupted."""
     from fm_edge.demo.app import build_demo as build
     from fm_edge.demo.app import launch
+    from fm_edge.errors import UsageError
 
+    if not 0 <= args.port <= 65535:  # checked before the models load
+        raise UsageError(f"--port {args.port} is out of range: use 1-65535 (0 picks a free port)")
     demo = build(
         args.model,
         checkpoint=getattr(args, "checkpoint", None),

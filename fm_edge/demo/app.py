@@ -120,7 +120,7 @@ def make_handler(models: DemoModels):
                 progress=lambda done, total, name: progress((done, total), desc=f"sampling: {name}"),
             )
         except FmEdgeError as exc:  # UsageError included: one readable line, shown on the page and to clients
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc), print_exception=False) from None  # no traceback per bad request
         fp32, int8 = result.runs[NAMES["fp32"]].images, result.runs[NAMES["int8"]].images
         ref = result.runs.get(NAMES["torch"])
         heat, top = heatmap(fp32, int8)
@@ -217,6 +217,9 @@ def build_demo(
             outputs=[out_fp32, out_int8, out_ref, out_heat, stats, metrics, seed],
             api_name=API_NAME,
             concurrency_limit=1,
+            # the raw values reach parse(): gradio's own checks would answer first, in words that do not
+            # name the control ("Value 0 is less than minimum value 1.", or a multi-line type error)
+            preprocess=False,
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.fm_models = models  # for tests and scripts

@@ -44,7 +44,7 @@ def _finite(value, allowed: str) -> float:
         raise UsageError(f"{allowed}, got {value!r}")
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float
         raise UsageError(f"{allowed}, got {value!r}") from None
     if not math.isfinite(f):
         raise UsageError(f"{allowed}, got {value!r}")
@@ -95,7 +95,7 @@ def parse(
     n = as_int(num_samples, "number of samples", 1, MAX_SAMPLES)
     labels = labels_for(digit, n)
     steps = as_int(steps, "ODE steps", 1, MAX_STEPS)
-    if solver not in SOLVERS:
+    if not isinstance(solver, str) or solver not in SOLVERS:  # a list is unhashable
         raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
     cfg = as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG)
     if not isinstance(randomize, (bool, np.bool_)):

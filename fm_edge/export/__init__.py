@@ -126,8 +126,6 @@ def _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_t
         raise FmEdgeError(
             f"cannot write to {str(paths['velocity'].parent)!r}: {exc.strerror or exc}"
         ) from None
-    for p in paths.values():
-        print(f"wrote {p}", file=log)
 
 
 def _readable(path: Path) -> None:
@@ -137,27 +135,41 @@ def _readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _int8_exporter():
-    """The ``--int8`` step (issue 4) if this build has it; UsageError otherwise, before any work is done."""
-    try:
-        from fm_edge.quantize import export_int8
-    except ImportError:
-        raise UsageError("--int8 is not available in this build of fm-edge") from None
-    return export_int8
-
-
 def main(args):
-    """``fm-edge export``: writes velocity.onnx and sampler.onnx (and the int8 files with --int8)."""
-    int8 = _int8_exporter() if getattr(args, "int8", False) else None
-    paths = export(
-        args.model,
-        args.output_dir,
-        opset=args.opset,
-        solver=args.solver,
-        steps=args.sampler_steps,
-        seed=args.seed,
-        num_threads=args.num_threads,
-    )
-    if int8 is not None:
-        int8(args, paths)
+    """``fm-edge export``: writes velocity.onnx and sampler.onnx (and the int8 files with --int8).
+
+    With ``--int8`` every file is first written and checked in a hidden staging folder inside the output
+    folder, and the files move into place only when all of them passed: a failed int8 step leaves an
+    older export (fp32 and int8 files alike) untouched, never a mix of two checkpoints.
+    """
+    options = None
+    if getattr(args, "int8", False):
+        from fm_edge.quantize import int8_options, quantize_export
+
+        options = int8_options(args)  # bad int8 flags fail here, before any work
+    kwargs = dict(opset=args.opset, solver=args.solver, steps=args.sampler_steps, seed=args.seed,
+                  num_threads=args.num_threads)  # fmt: skip
+    if options is None:
+        paths = export(args.model, args.output_dir, **kwargs)
+    else:
+        import shutil
+        import tempfile
+
+        out, created = prepare_output_dir(args.output_dir)
+        stage = Path(tempfile.mkdtemp(prefix=".export-", suffix=".tmp", dir=out))
+        try:
+            export(args.model, stage, **kwargs)
+            quantize_export(stage, **options)
+            paths = {}
+            for f in sorted(stage.iterdir()):
+                os.replace(f, out / f.name)
+                paths[f.name] = out / f.name
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        shutil.rmtree(stage, ignore_errors=True)
+    for p in paths.values():
+        print(f"wrote {p}", file=sys.stderr)
     return str(Path(args.output_dir))

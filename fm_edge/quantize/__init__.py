@@ -14,11 +14,11 @@ Nothing heavy is imported here.
 """
 
 
-def export_int8(args, paths):
-    """``fm-edge export --int8`` (see :func:`fm_edge.quantize.pipeline.export_int8`)."""
-    from fm_edge.quantize.pipeline import export_int8 as run
+def int8_options(args) -> dict:
+    """See :func:`fm_edge.quantize.pipeline.int8_options`."""
+    from fm_edge.quantize.pipeline import int8_options as check
 
-    return run(args, paths)
+    return check(args)
 
 
 def quantize_export(out_dir, model_dir=None, **kwargs):

@@ -325,15 +325,29 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def export_int8(args, paths: dict) -> dict:
-    """The ``--int8`` step of ``fm-edge export`` (called after the fp32 files are written)."""
+def int8_options(args) -> dict:
+    """The ``--int8`` flags as :func:`quantize_export` keywords, checked before any export work starts."""
+    import math
+
+    from fm_edge.quantize.calibrate import MIN_NOISES
+
     tol = Tolerance(max_fd_increase=float(getattr(args, "tolerance", 0.10)))
+    if not (math.isfinite(tol.max_fd_increase) and tol.max_fd_increase >= 0):
+        raise UsageError(
+            f"--tolerance {tol.max_fd_increase} is not allowed: give the relative FD increase int8 may add, "
+            "a finite number >= 0 (0.10 = 10%)"
+        )
     if getattr(args, "min_psnr", None) is not None:
         tol.min_psnr_db = float(args.min_psnr)
-    return quantize_export(
-        Path(paths["velocity"]).parent,
-        getattr(args, "model", None),
-        calib_samples=int(getattr(args, "calib_samples", 64)),
+    calib = int(getattr(args, "calib_samples", 64))
+    if calib < MIN_NOISES:
+        raise UsageError(
+            f"--calib-samples {calib} is too small: int8 calibration needs at least {MIN_NOISES} noises "
+            "(one per label 0-10)"
+        )
+    return dict(
+        model_dir=getattr(args, "model", None),
+        calib_samples=calib,
         seed=int(getattr(args, "seed", 0)),
         recipe=getattr(args, "int8_recipe", None) or "default",
         tolerance=tol,
