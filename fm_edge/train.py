@@ -3,13 +3,19 @@
 Runs under Accelerate, so ``fm-edge train`` works unchanged with ``accelerate launch`` on several
 processes (CPU/gloo or GPUs). Each step's randomness (noise, t, label dropout) is seeded from
 (seed, step, process), and each epoch's order from (seed, epoch), so ``--resume latest`` repeats the
-original run exactly from its last complete ``checkpoint-<step>/``.
+original run exactly from its last complete ``checkpoint-<step>/``: no RNG state needs saving.
+
+A checkpoint holds only safetensors and JSON (weights, EMA, optimizer moments; step, loss log, optimizer
+settings). It is written to a hidden temporary folder and renamed into place, so a run killed at any
+moment (SIGKILL included) resumes from its last complete checkpoint, losing at most one interval;
+temporaries left by a killed run are removed when the next run starts.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -72,8 +78,52 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
+def _optimizer_tensors(sd: dict) -> tuple[dict, dict]:
+    """An optimizer state_dict as safetensors tensors + string metadata (no pickle)."""
     import torch
+
+    tensors, scalars = {}, {}
+    for pid, entry in sd["state"].items():
+        for key, val in entry.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = val.detach().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = val
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    return tensors, meta
+
+
+def _optimizer_state(path: Path) -> dict:
+    """The optimizer state_dict from optimizer.safetensors (or a legacy optimizer.pt, weights only)."""
+    import torch
+    from safetensors import safe_open
+
+    if not (path / "optimizer.safetensors").is_file() and (path / "optimizer.pt").is_file():
+        return torch.load(path / "optimizer.pt", weights_only=True)
+    state: dict = {}
+    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = f.get_tensor(name)
+    for name, val in json.loads(meta["scalars"]).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    groups = json.loads(meta["param_groups"])
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _remove_temporaries(output_dir: Path) -> None:
+    """Delete the hidden .checkpoint-*/.model.* folders a killed run left behind."""
+    for p in output_dir.glob(".*"):
+        if p.is_dir() and p.name.startswith((".checkpoint-", ".model.")) and p.suffix in (".tmp", ".old"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
     from safetensors.torch import save_file
 
     final = out / f"checkpoint-{step}"
@@ -81,7 +131,8 @@ def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, k
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         ema_sd = {f"shadow.{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}
         save_file(ema_sd, tmp / "ema.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        tensors, meta = _optimizer_tensors(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors", metadata=meta)
         state = dict(state, ema_optimization_step=ema.optimization_step)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     for _, p in _checkpoints(out)[:-keep]:
@@ -90,7 +141,6 @@ def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, k
 
 
 def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
-    import torch
     from safetensors.torch import load_file
 
     try:
@@ -98,7 +148,7 @@ def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
         shadow = load_file(path / "ema.safetensors")
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(shadow[f"shadow.{i}"])
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        optimizer.load_state_dict(_optimizer_state(path))
         state = json.loads((path / "state.json").read_text())
     except Exception as exc:
         raise FmEdgeError(f"checkpoint {str(path)!r} could not be resumed: {exc}") from None
@@ -154,16 +204,18 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # cpu=True where there is no GPU: then a torchrun/`accelerate launch --multi_gpu` environment with
     # several processes becomes a gloo MULTI_CPU run instead of silently training each process alone.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    images, labels = load_split(cfg.data, "train")
+    if cfg.limit:
+        images, labels = images[: cfg.limit], labels[: cfg.limit]
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror}") from None
-
-    images, labels = load_split(cfg.data, "train")
-    if cfg.limit:
-        images, labels = images[: cfg.limit], labels[: cfg.limit]
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"output dir {str(out)!r} is not writable")
+        _remove_temporaries(out)
     x_all = torch.from_numpy(encode_uint8(images))
     y_all = torch.from_numpy(labels)
     n = len(x_all)

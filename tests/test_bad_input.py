@@ -250,14 +250,17 @@ def _read_only_runner():
     return [setpriv, "--inh-caps", caps, "--bounding-set", caps]
 
 
-@pytest.mark.parametrize("command", ["sample", "export"])
-def test_read_only_output_folder(command, ws, tmp_path):
+@pytest.mark.parametrize("command", ["sample", "export", "train"])
+def test_read_only_output_folder(command, ws, tiny_data, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "keep.txt").write_text("existing")
     ro.chmod(0o555)
-    target = ["-o", str(ro / "s.npz")] if command == "sample" else ["-o", str(ro)]
-    argv = [command, "--model", str(ws / "ckpt"), *target]
+    if command == "train":
+        argv = ["train", "--preset", "tiny", "--data", tiny_data, "--max-steps", "1", "-o", str(ro)]
+    else:
+        target = ["-o", str(ro / "s.npz")] if command == "sample" else ["-o", str(ro)]
+        argv = [command, "--model", str(ws / "ckpt"), *target]
     try:
         r = subprocess.run(
             [*_read_only_runner(), sys.executable, "-m", "fm_edge.cli", *argv],
