@@ -65,6 +65,20 @@ def check_labels(labels) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def check_model_input(x, name: str) -> np.ndarray:
+    """A finite float32 [B,1,32,32] array (B >= 1), or a UsageError naming what is wrong."""
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"{name} must be a numpy array, got {type(x).__name__}")
+    want = f"[B,1,{MODEL_SIZE},{MODEL_SIZE}]"
+    if x.ndim != 4 or x.shape[1:] != (1, MODEL_SIZE, MODEL_SIZE) or x.shape[0] < 1:
+        raise UsageError(f"{name} has shape {list(x.shape)}: expected float32 {want}")
+    if x.dtype != np.float32:
+        raise UsageError(f"{name} has dtype {x.dtype}: expected float32 {want} (use .astype(np.float32))")
+    if not np.isfinite(x).all():
+        raise UsageError(f"{name} contains NaN or infinite values")
+    return np.ascontiguousarray(x)
+
+
 def default_labels(n: int, label: int | None = None, unconditional: bool = False) -> np.ndarray:
     """Labels for n samples: one digit, all unconditional (10), or cycling 0-9 by default."""
     if unconditional:

@@ -5,8 +5,9 @@
 - :class:`OnnxSampler` wraps ``sampler.onnx``, the whole sampler in one graph: noise in, uint8 digits out.
 - :func:`shipped_onnx` finds the files shipped with the package.
 
-Imports: numpy, onnxruntime, and the numpy-only fm-edge modules (convention, solvers, errors). ``onnx`` is
-used, when it is installed, only to explain why a file failed to load.
+Imports: numpy, onnxruntime, and the numpy-only fm-edge modules (convention, solvers, errors). Every file
+goes through ``onnx.checker`` before a session is built (``onnx`` is in the runtime extra; where it is
+missing, ORT's own load-time checks remain).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fm_edge.convention import MODEL_SIZE, T_SCALE, check_labels
+from fm_edge.convention import T_SCALE, check_labels, check_model_input
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.solvers import check_cfg
 
 SHIPPED_ONNX = Path(__file__).parent / "checkpoints" / "compact-mnist" / "onnx"
 
@@ -87,7 +89,7 @@ def _session_options(num_threads: int | None, graph_optimization_level) -> ort.S
 
 
 def _why_invalid(path: Path) -> str | None:
-    """onnx.checker's one-line reason, when onnx is installed (it is not needed at run time)."""
+    """onnx.checker's one-line reason why ``path`` is not a valid model, or None (also when onnx is absent)."""
     try:
         import onnx
     except ImportError:
@@ -122,6 +124,9 @@ class _OnnxModel:
         if not self.path.is_file():
             raise UsageError(f"{str(self.path)!r} is not a file (expected an fm-edge {self.kind} .onnx)")
         so = _session_options(num_threads, graph_optimization_level)
+        reason = _why_invalid(self.path)  # onnx.checker first: a clear reason, before ORT parses the file
+        if reason is not None:
+            raise FmEdgeError(f"{str(self.path)!r} is not a valid ONNX model: {reason}")
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=_providers(providers))
         except UsageError:
@@ -165,20 +170,6 @@ class _OnnxModel:
         return f"{type(self).__name__}({str(self.path)!r}, providers={self.providers})"
 
 
-def _check_x(x, name: str) -> np.ndarray:
-    """A float32 [B,1,32,32] finite array, or a UsageError naming what is wrong."""
-    if not isinstance(x, np.ndarray):
-        raise UsageError(f"{name} must be a numpy array, got {type(x).__name__}")
-    want = f"[B,1,{MODEL_SIZE},{MODEL_SIZE}]"
-    if x.ndim != 4 or x.shape[1:] != (1, MODEL_SIZE, MODEL_SIZE) or x.shape[0] < 1:
-        raise UsageError(f"{name} has shape {list(x.shape)}: expected float32 {want}")
-    if x.dtype != np.float32:
-        raise UsageError(f"{name} has dtype {x.dtype}: expected float32 {want} (use .astype(np.float32))")
-    if not np.isfinite(x).all():
-        raise UsageError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(x)
-
-
 def _check_batch_labels(labels, batch: int) -> np.ndarray:
     arr = check_labels(labels)
     if arr.shape != (batch,):
@@ -193,7 +184,7 @@ class OnnxVelocity(_OnnxModel):
     expected_inputs = VELOCITY_INPUTS
 
     def __call__(self, x: np.ndarray, t, labels) -> np.ndarray:
-        x = _check_x(x, "x")
+        x = check_model_input(x, "x")
         b = x.shape[0]
         t = np.asarray(t, dtype=np.float32)
         if t.ndim == 0:
@@ -231,14 +222,9 @@ class OnnxSampler(_OnnxModel):
         return float(self.metadata.get("cfg_scale", 1.0))
 
     def __call__(self, noise: np.ndarray, labels, cfg_scale: float | None = None) -> np.ndarray:
-        noise = _check_x(noise, "noise")
+        noise = check_model_input(noise, "noise")
         labels = _check_batch_labels(labels, noise.shape[0])
         scale = self.cfg_scale if cfg_scale is None else cfg_scale
-        try:
-            scale = float(scale)
-        except (TypeError, ValueError):
-            raise UsageError(f"cfg_scale must be a number from 0 to 20, got {scale!r}") from None
-        if not np.isfinite(scale) or not 0.0 <= scale <= 20.0:
-            raise UsageError(f"cfg scale {scale} is out of range: use a finite value from 0 to 20")
+        check_cfg(scale)
         feeds = {"noise": noise, "class_labels": labels, "cfg_scale": np.asarray(scale, dtype=np.float32)}
         return self.session.run([self.output_name], feeds)[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fm_edge.convention import MODEL_SIZE, decode_uint8, default_labels
+from fm_edge.convention import MODEL_SIZE, check_labels, check_model_input, decode_uint8, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_cfg, check_solver, nfe, sample, time_grid
 
@@ -95,8 +95,13 @@ def generate(
     """Sample len(labels) digits; uint8 [N,28,28] (or the float model-space x when ``raw``)."""
     check_solver(solver, steps)
     check_cfg(cfg_scale)
+    labels = check_labels(labels)
+    if labels.ndim != 1:
+        raise UsageError(f"labels have shape {list(labels.shape)}: expected one label per sample, [N]")
     n = len(labels)
-    x1 = make_noise(n, seed) if noise is None else noise
+    x1 = make_noise(n, seed) if noise is None else check_model_input(noise, "noise")
+    if len(x1) != n:
+        raise UsageError(f"noise has {len(x1)} rows but there are {n} labels: give one noise per label")
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     bar = None

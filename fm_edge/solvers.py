@@ -8,6 +8,7 @@ it and broadcasts it to shape [B]. See :mod:`fm_edge.convention` for the time di
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import numpy as np
@@ -51,12 +52,10 @@ def _cat(a, b):
 
 
 def check_cfg(cfg_scale: float) -> None:
-    """Raise a UsageError unless the CFG scale is finite and within 0..MAX_CFG."""
-    if (
-        not isinstance(cfg_scale, (int, float))
-        or not math.isfinite(cfg_scale)
-        or not 0 <= cfg_scale <= MAX_CFG
-    ):
+    """Raise a UsageError unless the CFG scale is a real number (not a bool or a string) in 0..MAX_CFG."""
+    if isinstance(cfg_scale, (bool, np.bool_)) or not isinstance(cfg_scale, numbers.Real):
+        raise UsageError(f"cfg scale must be a number from 0 to {MAX_CFG:g}, got {cfg_scale!r}")
+    if not math.isfinite(cfg_scale) or not 0 <= cfg_scale <= MAX_CFG:
         raise UsageError(f"cfg scale {cfg_scale} is out of range: use a finite value from 0 to {MAX_CFG:g}")
 
 
