@@ -257,3 +257,36 @@ def test_torchao_backend_is_close_to_fp32(tiny_ckpt, method):
     assert out.shape == (1, 1, 32, 32) and torch.isfinite(out).all()
     again = tb.TorchaoRecipe.from_json(rec.to_json())
     assert again == rec
+
+
+# -- the shipped int8 files ---------------------------------------------------------------------------
+
+
+def test_shipped_int8_files_are_a_fresh_int8_export(tmp_path):
+    """Quantizing the shipped fp32 files again reproduces the shipped int8 files (within tolerance)."""
+    import io
+    import shutil
+
+    from fm_edge.model import SHIPPED
+    from fm_edge.quantize import quantize_export
+    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+
+    shipped = SHIPPED / "onnx"
+    for name in ("velocity.onnx", "sampler.onnx"):
+        shutil.copy(shipped / name, tmp_path / name)
+    fresh = quantize_export(tmp_path, SHIPPED, measure_latency=False, quality_samples=50, num_threads=2,
+                            log=io.StringIO())  # fmt: skip
+    recorded = json.loads((shipped / "quantization.json").read_text())
+    assert fresh["recipe"] == recorded["recipe"] and fresh["excluded_nodes"] == recorded["excluded_nodes"]
+    assert fresh["calibration"]["rows_used"] == recorded["calibration"]["rows_used"]
+    assert fresh["int8_fraction"] == pytest.approx(recorded["int8_fraction"])
+    # the same noise through the shipped and the fresh int8 sampler gives the same digits
+    noise = np.random.default_rng(7).standard_normal((32, 1, 32, 32), dtype=np.float32)
+    labels = np.arange(32) % 11
+    a = OnnxSampler(shipped / "sampler_int8.onnx", num_threads=2)(noise, labels)
+    b = OnnxSampler(tmp_path / "sampler_int8.onnx", num_threads=2)(noise, labels)
+    assert sqnr.psnr_db(a, b).min() >= 40
+    x = noise[:8]
+    va = OnnxVelocity(shipped / "velocity_int8.onnx")(x, 0.5, labels[:8])
+    vb = OnnxVelocity(tmp_path / "velocity_int8.onnx")(x, 0.5, labels[:8])
+    assert sqnr.sqnr_db(va, vb) >= 30
