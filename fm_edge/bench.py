@@ -3,8 +3,9 @@
 Backends: torch eager fp32, torch compiled, torchao int8, ORT fp32, ORT int8 (velocity models driven by
 the Python Euler loop), and sampler.onnx fp32/int8 (whole sampler in one graph, at its exported NFE).
 All share the noise, labels, CFG scale and thread count; each cell gets a warm-up run (which also absorbs
-torch.compile's compilation), then the median of ``--repeats`` timed runs. Peak memory is the process's
-peak RSS while the cell ran. Writes bench.json, bench.png and prints a table.
+torch.compile's compilation), then the median of ``--repeats`` timed runs. Each backend runs in a fresh
+process, so its peak RSS (sampled while its cells ran, before the evaluator is loaded for the quality
+columns) is its own. Writes bench.json, bench.png and prints a table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -124,10 +126,11 @@ def bench(
     quality_samples: int = 500,
     seed: int = 0,
     num_threads: int | None = None,
+    isolate: bool = True,
 ) -> dict:
+    """Every backend x NFE x batch size; ``isolate`` runs each backend in its own process."""
     from tqdm.auto import tqdm
 
-    from fm_edge.evaluate import evaluate_images
     from fm_edge.model import read_fm_config, resolve
     from fm_edge.runtime import shipped_onnx
     from fm_edge.sample import make_noise
@@ -140,25 +143,23 @@ def bench(
     q_noise = make_noise(quality_samples, seed + 1)
     rows, skipped = [], {}
     for name in backends:
+        if isolate:
+            res = _in_subprocess(dict(backends=[name], model_dir=model_dir and str(model_dir), onnx_dir=str(onnx_dir),
+                                      batch_sizes=list(batch_sizes), nfes=list(nfes), repeats=repeats,
+                                      quality_samples=quality_samples, seed=seed, num_threads=num_threads))  # fmt: skip
+            rows += res["rows"]
+            skipped.update(res["skipped"])
+            continue
         try:
             run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift)
         except (ImportError, FmEdgeError, NotImplementedError) as exc:
             skipped[name] = str(exc).splitlines()[0]
             print(f"skip {name}: {skipped[name]}", file=sys.stderr)
             continue
+        timed = []
         for nfe in nfes:
             if fixed is not None and nfe != fixed:
                 continue
-            quality = None
-            if quality_samples:
-                imgs = np.concatenate(
-                    [
-                        run(q_noise[i : i + 64], q_labels[i : i + 64], nfe)
-                        for i in range(0, quality_samples, 64)
-                    ]
-                )
-                r = evaluate_images(imgs, q_labels)
-                quality = {"fd": r["fd"], "label_accuracy": r["label_accuracy"], "fd_floor": r["fd_floor"]}
             for b in batch_sizes:
                 noise, labels = make_noise(b, seed), default_labels(b)
                 with PeakRSS() as mem:
@@ -169,18 +170,36 @@ def bench(
                         run(noise, labels, nfe)
                         times.append(time.perf_counter() - t0)
                 med = statistics.median(times)
-                row = {
-                    "backend": name,
-                    "batch": b,
-                    "nfe": nfe,
-                    "ms_per_image": 1000 * med / b,
-                    "images_per_s": b / med,
-                    "peak_rss_mb": round(mem.peak_mb, 1),
-                    "model_bytes": size,
-                    **(quality or {}),
-                }
-                rows.append(row)
-                print(format_row(row), file=sys.stderr, flush=True)
+                timed.append(
+                    {
+                        "backend": name,
+                        "batch": b,
+                        "nfe": nfe,
+                        "ms_per_image": 1000 * med / b,
+                        "images_per_s": b / med,
+                        "peak_rss_mb": round(mem.peak_mb, 1),
+                        "model_bytes": size,
+                    }
+                )
+        # quality after the timings: the evaluator (torch) is not in the backend's memory figures
+        for nfe in sorted({r["nfe"] for r in timed}):
+            quality = {}
+            if quality_samples:
+                from fm_edge.evaluate import evaluate_images
+
+                imgs = np.concatenate(
+                    [
+                        run(q_noise[i : i + 64], q_labels[i : i + 64], nfe)
+                        for i in range(0, quality_samples, 64)
+                    ]
+                )
+                r = evaluate_images(imgs, q_labels)
+                quality = {"fd": r["fd"], "label_accuracy": r["label_accuracy"], "fd_floor": r["fd_floor"]}
+            for row in timed:
+                if row["nfe"] == nfe:
+                    row.update(quality)
+                    rows.append(row)
+                    print(format_row(row), file=sys.stderr, flush=True)
     from fm_edge.envinfo import collect
 
     return {
@@ -194,6 +213,17 @@ def bench(
         "rows": rows,
         "skipped": skipped,
     }
+
+
+def _in_subprocess(kwargs: dict) -> dict:
+    """bench() for one backend in a fresh Python process (its progress on our stderr); its result dict."""
+    r = subprocess.run(
+        [sys.executable, "-m", "fm_edge.bench", json.dumps(kwargs)], stdout=subprocess.PIPE, text=True
+    )
+    if r.returncode != 0:
+        name = kwargs["backends"][0]
+        return {"rows": [], "skipped": {name: f"the benchmark process exited with {r.returncode}"}}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def format_row(r: dict) -> str:
@@ -294,3 +324,7 @@ def markdown_table(result: dict) -> str:
             f"| {r['peak_rss_mb']:.0f} | {r['model_bytes'] / 1e6:.2f} | {fd} | {acc} |"
         )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # one isolated backend (see _in_subprocess)
+    print(json.dumps(bench(**json.loads(sys.argv[1]), isolate=False)))
