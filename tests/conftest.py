@@ -45,3 +45,15 @@ def tiny_onnx(tiny_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
     export(tiny_ckpt, out, num_threads=1, log=io.StringIO())
     return out
+
+
+def set_onnx_metadata(src: Path, dst: Path, **values: str) -> Path:
+    """Copy an .onnx file with some metadata_props changed (e.g. another checkpoint_sha256)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key in values:
+            p.value = values[p.key]
+    onnx.save(m, str(dst))
+    return dst

@@ -214,6 +214,18 @@ def test_model_folder_names_what_is_missing(tmp_path):
     assert INT8_FILE in str(e.value) and "fm-edge export --int8" in str(e.value)
 
 
+def test_int8_file_of_other_weights_is_refused(demo_onnx, tmp_path):
+    from conftest import set_onnx_metadata
+
+    from fm_edge.demo.models import load_models
+
+    shutil.copytree(demo_onnx, tmp_path / "mixed")
+    int8 = tmp_path / "mixed" / INT8_FILE
+    set_onnx_metadata(int8, int8, checkpoint_sha256="0" * 64)  # as if quantized from another checkpoint
+    with pytest.raises(UsageError, match="quantized from other weights"):
+        load_models(tmp_path / "mixed", reference=False)
+
+
 def test_cli_demo_without_models_is_one_line(tmp_path, capsys):
     from fm_edge.cli import main
 

@@ -243,3 +243,16 @@ def test_shipped_onnx_is_a_fresh_export_of_the_shipped_checkpoint(tmp_path):
     b = OnnxSampler(paths["sampler"])(noise, labels)
     np.testing.assert_array_equal(a, b)
     assert OnnxVelocity(SHIPPED_ONNX / "velocity.onnx").metadata["checkpoint_sha256"] == weights_hash(SHIPPED)
+
+
+def test_plain_export_warns_about_int8_files_of_other_weights(tiny_ckpt, tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    out.mkdir()
+    from conftest import set_onnx_metadata
+
+    # an int8 file quantized from another checkpoint
+    set_onnx_metadata(tiny_onnx / "velocity.onnx", out / "velocity_int8.onnx", checkpoint_sha256="0" * 64)
+    assert main(["export", "--model", str(tiny_ckpt), "-o", str(out)]) == 0
+    assert "velocity_int8.onnx was quantized from other weights" in capsys.readouterr().err
+    assert main(["export", "--model", str(tiny_ckpt), "-o", str(tmp_path / "clean")]) == 0
+    assert "warning" not in capsys.readouterr().err

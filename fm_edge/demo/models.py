@@ -166,6 +166,12 @@ def load_models(
     folder = model_folder(model_dir)
     fp32 = _onnx_backend(folder / FP32_FILE, NAMES["fp32"], num_threads)
     int8 = _onnx_backend(folder / INT8_FILE, NAMES["int8"], num_threads)
+    a, b = (m.velocity.metadata.get("checkpoint_sha256") for m in (fp32, int8))
+    if a and b and a != b:  # a comparison of two different nets would mislead
+        raise UsageError(
+            f"{str(folder / INT8_FILE)!r} was quantized from other weights than {FP32_FILE}: "
+            f"run fm-edge export --int8 -o {folder} again"
+        )
     ref, note = _reference(folder, fp32, checkpoint, reference, num_threads)
     sizes = {fp32.name: os.path.getsize(folder / FP32_FILE), int8.name: os.path.getsize(folder / INT8_FILE)}
     if ref is not None:

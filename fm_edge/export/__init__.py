@@ -135,6 +135,22 @@ def _readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _warn_if_int8_is_stale(out: Path) -> None:
+    """Say so when the folder's int8 files were quantized from other weights than the new fp32 export."""
+    from fm_edge.quantize.pipeline import VELOCITY_INT8, onnx_metadata
+
+    if not (out / VELOCITY_INT8).is_file():
+        return
+    key = "checkpoint_sha256"
+    old = onnx_metadata(out / VELOCITY_INT8).get(key)
+    if old and old != onnx_metadata(out / VELOCITY_FILE).get(key):
+        print(
+            f"warning: {out / VELOCITY_INT8} was quantized from other weights: "
+            f"run fm-edge export --int8 -o {out} to refresh the int8 files",
+            file=sys.stderr,
+        )
+
+
 def main(args):
     """``fm-edge export``: writes velocity.onnx and sampler.onnx (and the int8 files with --int8).
 
@@ -151,6 +167,7 @@ def main(args):
                   num_threads=args.num_threads)  # fmt: skip
     if options is None:
         paths = export(args.model, args.output_dir, **kwargs)
+        _warn_if_int8_is_stale(Path(args.output_dir))
     else:
         import shutil
         import tempfile
