@@ -102,8 +102,9 @@ def main(argv=None) -> None:
     profs = [op_profile(m, a.batch, a.repeats, a.num_threads, dis) for m in a.models]
     print(format_profiles(profs))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(profs, f, indent=2)
+        from fm_edge.atomic import write_bytes
+
+        write_bytes(a.json, json.dumps(profs, indent=2).encode())
 
 
 if __name__ == "__main__":
