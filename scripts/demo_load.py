@@ -2,7 +2,7 @@
 concurrent ``gradio_client`` requests get, well-formed or not (answers, rejections, times, server memory).
 
     python scripts/demo_load.py --model fm_edge/checkpoints/compact-mnist/onnx --requests 16 64 \
-        --bad-fraction 0.25 --queue-size 32 4 --json load.json
+        --bad-fraction 0.3 --queue-size 32 4 --json docs/results/demo_load.json
 
 1. start ``python -m fm_edge.cli demo`` as a fresh process (one per ``--queue-size``), time it until ``GET /``
    answers 200, and read which addresses it listens on (Linux /proc: 127.0.0.1 unless ``--host``);
@@ -197,10 +197,10 @@ def good_args(args, seed: int) -> tuple:
     return (args.digit, args.num_samples, args.steps, args.solver, args.cfg_scale, seed, False)
 
 
-def plan(n: int, bad_fraction: float) -> list[int | None]:
+def plan(n: int, bad_fraction: float, first: int = 0) -> list[int | None]:
     """Per client, the index of its BAD_CASES entry, or None for a good client: the bad ones spread evenly,
-    cycling through the cases."""
-    out, k = [], 0
+    cycling through the cases from ``first`` (so that the next round sends the next cases)."""
+    out, k = [], first
     for i in range(n):
         bad = math.floor((i + 1) * bad_fraction) > math.floor(i * bad_fraction)
         out.append(k % len(BAD_CASES) if bad else None)
@@ -364,11 +364,11 @@ def check_after(url: str, args) -> dict:
     return {"outcome": outcome, "message": message, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def burst(url: str, info, pid: int, n: int, args) -> dict:
+def burst(url: str, info, pid: int, n: int, args, round_index: int = 0) -> dict:
     before = rss_mb(pid)
     mem = MemorySampler(pid)
     mem.start()
-    who = plan(n, args.bad_fraction)
+    who = plan(n, args.bad_fraction, first=round_index * math.floor(n * args.bad_fraction))
     barrier = threading.Barrier(n)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
@@ -452,7 +452,7 @@ def serve_and_load(args, queue_size: int) -> dict:
             info = server_info(url)
             for n in args.requests:
                 for r in range(args.rounds):
-                    res = burst(url, info, proc.pid, n, args)
+                    res = burst(url, info, proc.pid, n, args, r)
                     res["round"] = r + 1
                     report["rounds"].append(res)
                     c, lat, mem = res["outcomes"], res["latency_s"]["answered"], res["rss_mb"]

@@ -38,16 +38,22 @@ class Request:
         return len(self.labels)
 
 
+def _shown(value, limit: int = 40) -> str:
+    """repr of a rejected value, cut short: a 400-digit number should not fill the error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _finite(value, allowed: str) -> float:
     """``value`` as a finite float (not a bool or None); a UsageError naming ``allowed`` otherwise."""
     if isinstance(value, bool) or value is None:
-        raise UsageError(f"{allowed}, got {value!r}")
+        raise UsageError(f"{allowed}, got {_shown(value)}")
     try:
         f = float(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond float
-        raise UsageError(f"{allowed}, got {value!r}") from None
+        raise UsageError(f"{allowed}, got {_shown(value)}") from None
     if not math.isfinite(f):
-        raise UsageError(f"{allowed}, got {value!r}")
+        raise UsageError(f"{allowed}, got {_shown(value)}")
     return f
 
 
@@ -56,7 +62,7 @@ def as_int(value, name: str, lo: int, hi: int) -> int:
     allowed = f"{name} must be a whole number from {lo} to {hi}"
     f = _finite(value, allowed)
     if not f.is_integer():
-        raise UsageError(f"{allowed}, got {value!r}")
+        raise UsageError(f"{allowed}, got {_shown(value)}")
     n = int(f)
     if not lo <= n <= hi:
         raise UsageError(f"{allowed}, got {n}")
@@ -67,7 +73,7 @@ def as_float(value, name: str, lo: float, hi: float) -> float:
     allowed = f"{name} must be a number from {lo:g} to {hi:g}"
     f = _finite(value, allowed)
     if not lo <= f <= hi:
-        raise UsageError(f"{allowed}, got {value!r}")
+        raise UsageError(f"{allowed}, got {_shown(value)}")
     return f
 
 
@@ -75,7 +81,7 @@ def labels_for(digit, n: int) -> np.ndarray:
     """The N labels a digit choice asks for."""
     key = str(digit).strip().lower()
     if key not in DIGITS:
-        raise UsageError(f"digit must be one of {', '.join(DIGITS)}, got {digit!r}")
+        raise UsageError(f"digit must be one of {', '.join(DIGITS)}, got {_shown(digit)}")
     if key == "cycle":
         return default_labels(n)
     return default_labels(n, unconditional=True) if key == "any" else default_labels(n, int(key))
@@ -96,9 +102,9 @@ def parse(
     labels = labels_for(digit, n)
     steps = as_int(steps, "ODE steps", 1, MAX_STEPS)
     if not isinstance(solver, str) or solver not in SOLVERS:  # a list is unhashable
-        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {_shown(solver)}")
     cfg = as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG)
     if not isinstance(randomize, (bool, np.bool_)):
-        raise UsageError(f"randomize must be true or false, got {randomize!r}")
+        raise UsageError(f"randomize must be true or false, got {_shown(randomize)}")
     seed = secrets.randbelow(2**31) if randomize else as_int(seed, "seed", 0, MAX_SEED)
     return Request(labels, steps, solver, cfg, float(shift), seed, bool(randomize))
