@@ -72,3 +72,18 @@ def write_bytes(final: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``final`` atomically."""
     with atomic_file(final) as tmp:
         tmp.write_bytes(data)
+
+
+def prepare_output_dir(output_dir: str | os.PathLike) -> tuple[Path, bool]:
+    """Create the output folder if needed: (path, created now?); a UsageError if it cannot be written."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output dir {str(out)!r} is a file, not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"output dir {str(out)!r} is not writable")
+    return out, created

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -23,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fm_edge.atomic import atomic_dir
+from fm_edge.atomic import atomic_dir, prepare_output_dir
 from fm_edge.errors import FmEdgeError, UsageError
 
 
@@ -209,12 +208,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         images, labels = images[: cfg.limit], labels[: cfg.limit]
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror}") from None
-        if not os.access(out, os.W_OK | os.X_OK):
-            raise UsageError(f"output dir {str(out)!r} is not writable")
+        prepare_output_dir(out)
         _remove_temporaries(out)
     x_all = torch.from_numpy(encode_uint8(images))
     y_all = torch.from_numpy(labels)

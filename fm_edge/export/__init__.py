@@ -17,25 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.atomic import prepare_output_dir
+from fm_edge.errors import FmEdgeError
 
 VELOCITY_FILE = "velocity.onnx"
 SAMPLER_FILE = "sampler.onnx"
-
-
-def prepare_output_dir(output_dir: str | os.PathLike) -> tuple[Path, bool]:
-    """Create the output folder if needed: (path, created now?); a UsageError if it cannot be written."""
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output dir {str(out)!r} is a file, not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create output dir {str(out)!r}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UsageError(f"output dir {str(out)!r} is not writable")
-    return out, created
 
 
 def export(
