@@ -221,6 +221,19 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
+def validation_message(rejection) -> str:
+    """The queue validator's refusal as one line, "param: message; ...": from gradio_client's
+    ValidationError text ("N parameter(s) failed validation:\n- param: message ...") or from the raw 422
+    body's detail list."""
+    if isinstance(rejection, list):
+        return "; ".join(
+            f"{d.get('parameter_name')}: {d.get('message')}" for d in rejection if not d.get("is_valid")
+        )
+    return "; ".join(
+        line.strip()[2:] for line in str(rejection).splitlines()[1:] if line.strip().startswith("- ")
+    )
+
+
 def classify_error(message: str) -> str:
     return "rejected_queue_full" if "queue is full" in message.lower() else "rejected_bad_input"
 
@@ -262,6 +275,8 @@ def _raw_events(api: str, body: dict, deadline: float, io_timeout: float) -> tup
         )
         if r.status_code == 503:
             return "rejected_queue_full", str(r.json().get("detail"))
+        if r.status_code == 422:  # refused by the validator before joining the queue
+            return "rejected_bad_input", validation_message(r.json().get("detail") or [])
         if r.status_code != 200:
             return "error", f"HTTP {r.status_code}: {r.text.strip()[:200]}"
         with http.stream("GET", api + "queue/data", params={"session_hash": body["session_hash"]}) as s:
@@ -284,7 +299,7 @@ def _raw_events(api: str, body: dict, deadline: float, io_timeout: float) -> tup
 
 def client_predict(client, values: tuple, timeout: float) -> tuple[str, str | None]:
     """One request through gradio_client, never waiting past ``timeout``: (outcome, message)."""
-    from gradio_client.exceptions import AppError
+    from gradio_client.exceptions import AppError, ValidationError
     from gradio_client.utils import QueueError
 
     job = client.submit(*values, api_name="/generate")
@@ -295,6 +310,8 @@ def client_predict(client, values: tuple, timeout: float) -> tuple[str, str | No
         return "timeout", None
     except QueueError as exc:
         return "rejected_queue_full", str(exc)
+    except ValidationError as exc:  # refused by the validator before joining the queue
+        return "rejected_bad_input", validation_message(exc)
     except AppError as exc:
         return classify_error(str(exc)), str(exc)
     except Exception as exc:

@@ -308,12 +308,24 @@ def test_randomize_reports_the_seed_used(client):
     ],
 )
 def test_api_bounds_enforced_with_a_readable_message(client, args, words):
-    from gradio_client.exceptions import AppError
+    from gradio_client.exceptions import ValidationError
 
-    with pytest.raises(AppError) as e:
+    with pytest.raises(ValidationError) as e:  # refused by the queue's validator, before joining the queue
         predict(client, *args)
-    msg = str(e.value)
-    assert all(w in msg for w in words) and "Traceback" not in msg, msg
+    header, *fields = str(e.value).splitlines()
+    assert header == "1 parameter(s) failed validation:" and len(fields) == 1, str(e.value)
+    assert all(w in fields[0] for w in words) and "Traceback" not in fields[0], fields
+
+
+def test_field_errors_flag_only_the_bad_control():
+    from fm_edge.demo.inputs import field_errors
+
+    good = ("3", 2, 4, "euler", 1.5, 7, False)
+    assert field_errors(*good) == [None] * 7
+    for i, bad in enumerate(["11", 0, 2.5, "rk45", float("nan"), -1, "yes"]):
+        errors = field_errors(*good[:i], bad, *good[i + 1 :])
+        assert [j for j, e in enumerate(errors) if e] == [i], (i, errors)
+    assert field_errors("3", 2, 4, "euler", 1.5, -1, True) == [None] * 7  # randomized: the seed is drawn
 
 
 # --- in a real browser ---

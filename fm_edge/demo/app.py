@@ -19,7 +19,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 
 from fm_edge.demo.compare import compare, heatmap, tile  # noqa: E402
-from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, parse  # noqa: E402
+from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, field_errors, parse  # noqa: E402
 from fm_edge.demo.models import NAMES, DemoModels, load_models  # noqa: E402
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
 from fm_edge.solvers import MAX_CFG, SOLVERS, nfe  # noqa: E402
@@ -89,6 +89,14 @@ def _metrics(models: DemoModels, result, req, heat_top: int) -> dict:
         "heatmap_top_grey_levels": heat_top,
         "reference": None if models.reference_note else NAMES["torch"],
     }
+
+
+def validate_request(digit, num_samples, steps, solver, cfg_scale, seed, randomize):
+    """The queue's gate: one gr.validate per control, with the control's one-line message when it is bad."""
+    return [
+        gr.validate(msg is None, msg or "")
+        for msg in field_errors(digit, num_samples, steps, solver, cfg_scale, seed, randomize)
+    ]
 
 
 def make_handler(models: DemoModels):
@@ -217,9 +225,11 @@ def build_demo(
             outputs=[out_fp32, out_int8, out_ref, out_heat, stats, metrics, seed],
             api_name=API_NAME,
             concurrency_limit=1,
-            # the raw values reach parse(): gradio's own checks would answer first, in words that do not
+            # the raw values reach our checks: gradio's own would answer first, in words that do not
             # name the control ("Value 0 is less than minimum value 1.", or a multi-line type error)
             preprocess=False,
+            # a bad request is refused when it asks to join the queue: it takes no slot and waits for nothing
+            validator=validate_request,
         )
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     demo.fm_models = models  # for tests and scripts

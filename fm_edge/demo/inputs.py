@@ -87,6 +87,40 @@ def labels_for(digit, n: int) -> np.ndarray:
     return default_labels(n, unconditional=True) if key == "any" else default_labels(n, int(key))
 
 
+def _solver(solver) -> str:
+    if not isinstance(solver, str) or solver not in SOLVERS:  # a list is unhashable
+        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {_shown(solver)}")
+    return solver
+
+
+def _randomize(randomize) -> bool:
+    if not isinstance(randomize, (bool, np.bool_)):
+        raise UsageError(f"randomize must be true or false, got {_shown(randomize)}")
+    return bool(randomize)
+
+
+def field_errors(digit, num_samples, steps, solver, cfg_scale, seed, randomize) -> list[str | None]:
+    """One message per control (None when its value is fine), in the page's order: what the queue's
+    validator shows next to each control before a request may join the queue."""
+    checks = (
+        lambda: labels_for(digit, 1),
+        lambda: as_int(num_samples, "number of samples", 1, MAX_SAMPLES),
+        lambda: as_int(steps, "ODE steps", 1, MAX_STEPS),
+        lambda: _solver(solver),
+        lambda: as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG),
+        lambda: randomize is True or as_int(seed, "seed", 0, MAX_SEED),  # a randomized seed is drawn later
+        lambda: _randomize(randomize),
+    )
+    errors: list[str | None] = []
+    for check in checks:
+        try:
+            check()
+            errors.append(None)
+        except UsageError as exc:
+            errors.append(str(exc))
+    return errors
+
+
 def parse(
     digit,
     num_samples,
@@ -101,10 +135,8 @@ def parse(
     n = as_int(num_samples, "number of samples", 1, MAX_SAMPLES)
     labels = labels_for(digit, n)
     steps = as_int(steps, "ODE steps", 1, MAX_STEPS)
-    if not isinstance(solver, str) or solver not in SOLVERS:  # a list is unhashable
-        raise UsageError(f"solver must be one of {', '.join(SOLVERS)}, got {_shown(solver)}")
+    solver = _solver(solver)
     cfg = as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG)
-    if not isinstance(randomize, (bool, np.bool_)):
-        raise UsageError(f"randomize must be true or false, got {_shown(randomize)}")
+    randomize = _randomize(randomize)
     seed = secrets.randbelow(2**31) if randomize else as_int(seed, "seed", 0, MAX_SEED)
-    return Request(labels, steps, solver, cfg, float(shift), seed, bool(randomize))
+    return Request(labels, steps, solver, cfg, float(shift), seed, randomize)
