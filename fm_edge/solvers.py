@@ -3,6 +3,12 @@
 The loop is written out on purpose: it runs unchanged on numpy arrays (ONNX Runtime backend, no torch)
 and on torch tensors. ``t`` passed to the callable is a float in [0, 1] (1 = noise); the backend scales
 it and broadcasts it to shape [B]. See :mod:`fm_edge.convention` for the time direction.
+
+No solver evaluates the velocity at t=0. There the net has only seen clean data, and off the data the
+marginal velocity blows up like 1/t. So heun's final step, the one that ends at t=0, is an Euler step, and
+rk4's is a midpoint step: their first stages, without the ones at t=0. This follows EDM's Heun sampler
+(Karras et al. 2022). Evaluating at t=0 made heun useless at few steps: FD 1260 against 48.5 with the
+Euler final step at 2 steps, and 287 against 16.4 at 4 steps (shipped checkpoint, 500 digits).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 from fm_edge.errors import UsageError
 
 SOLVERS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # velocity evaluations per step
+FINAL_STEP = {"euler": 1, "midpoint": 2, "heun": 1, "rk4": 2}  # ... in the step that ends at t=0
 MAX_STEPS = 1024
 MAX_CFG = 20.0
 
@@ -32,7 +39,7 @@ def check_solver(solver: str, steps: int) -> None:
 
 def nfe(solver: str, steps: int) -> int:
     """Number of velocity-function evaluations of one solve (CFG batches cond+uncond into one call)."""
-    return SOLVERS[solver] * steps
+    return SOLVERS[solver] * (steps - 1) + FINAL_STEP[solver]
 
 
 def time_grid(steps: int, shift: float = 1.0) -> list[float]:
@@ -105,13 +112,19 @@ def sample(
             k2 = v(x - 0.5 * h * k1, t - 0.5 * h, labels)
             x = x - h * k2
         elif solver == "heun":
-            k2 = v(x - h * k1, s, labels)
-            x = x - 0.5 * h * (k1 + k2)
+            if i < steps - 1:
+                k2 = v(x - h * k1, s, labels)
+                x = x - 0.5 * h * (k1 + k2)
+            else:  # the final step ends at t=0: Euler
+                x = x - h * k1
         else:  # rk4
             k2 = v(x - 0.5 * h * k1, t - 0.5 * h, labels)
-            k3 = v(x - 0.5 * h * k2, t - 0.5 * h, labels)
-            k4 = v(x - h * k3, s, labels)
-            x = x - h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+            if i < steps - 1:
+                k3 = v(x - 0.5 * h * k2, t - 0.5 * h, labels)
+                k4 = v(x - h * k3, s, labels)
+                x = x - h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+            else:  # the final step ends at t=0: midpoint
+                x = x - h * k2
         # 3. report progress
         if callback is not None:
             callback(i + 1, steps)

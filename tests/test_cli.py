@@ -72,7 +72,7 @@ def test_sample_writes_npz_and_png(tiny_ckpt, tmp_path, capsys):
     )
     out = capsys.readouterr()
     assert out.out.strip().splitlines()[-1] == str(tmp_path / "s.npz")  # the artifact path is printed last
-    assert "NFE 4" in out.err  # heun (recommended) x 2 steps
+    assert "NFE 3" in out.err  # heun (recommended) x 2 steps: its final step is an Euler step
     with np.load(tmp_path / "s.npz") as z:
         assert z["images"].shape == (12, 28, 28) and z["images"].dtype == np.uint8
         assert z["labels"].dtype == np.int64 and list(z["labels"][:11]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]

@@ -113,7 +113,7 @@ def test_sampler_stores_weights_once(tiny_onnx):
     nbytes = [sum(onnx.numpy_helper.to_array(t).nbytes for t in m.graph.initializer) for m in (s, v)]
     assert nbytes[0] == nbytes[1]
     calls = [n for n in s.graph.node if n.domain == "fm_edge"]
-    assert len(calls) == 6  # heun x 3 steps, CFG batched into each call
+    assert len(calls) == 5  # heun x 3 steps (the final one an Euler step), CFG batched into each call
     assert os.path.getsize(tiny_onnx / "sampler.onnx") <= 1.2 * os.path.getsize(tiny_onnx / "velocity.onnx")
 
 
@@ -128,7 +128,7 @@ def test_sampler_io_and_metadata(tiny_onnx, tiny_ckpt):
     out = s.session.get_outputs()[0]
     assert (out.name, out.type, out.shape) == ("images", "tensor(uint8)", ["batch", 28, 28])
     assert (s.solver, s.steps, s.cfg_scale) == ("heun", 3, 1.5)  # the checkpoint's recommended sampler
-    assert s.metadata["shift"] == "1.0" and s.metadata["nfe"] == "6"
+    assert s.metadata["shift"] == "1.0" and s.metadata["nfe"] == "5"
     assert s.metadata["checkpoint_sha256"] == weights_hash(tiny_ckpt)
     assert s.metadata["null_label"] == str(NULL_LABEL)
 

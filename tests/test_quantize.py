@@ -57,7 +57,9 @@ def int8_path(onnx_dir, traj, tmp_path_factory):
 
 
 def test_calibration_covers_every_call_and_label(traj):
-    nfe = 2 * STEPS  # heun: two velocity calls per step
+    from fm_edge.solvers import nfe as count
+
+    nfe = count(SOLVER, STEPS)  # heun: two velocity calls per step, one in the final step
     assert traj.meta["nfe"] == nfe
     assert sorted(np.unique(traj.call)) == list(range(nfe))
     assert set(np.unique(traj.class_labels)) == set(range(11))  # 0-9 and the null label 10

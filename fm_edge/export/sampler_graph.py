@@ -135,16 +135,22 @@ def build_sampler(
             k2 = v(axpy(x, 0.5 * h, k1), t - 0.5 * h)
             x = axpy(x, h, k2)
         elif solver == "heun":
-            k2 = v(axpy(x, h, k1), s)
-            x = axpy(x, 0.5 * h, b.op("Add", k1, k2))
+            if i < steps - 1:
+                k2 = v(axpy(x, h, k1), s)
+                x = axpy(x, 0.5 * h, b.op("Add", k1, k2))
+            else:  # the final step ends at t=0: Euler
+                x = axpy(x, h, k1)
         else:  # rk4: x - h/6 * (k1 + 2*k2 + 2*k3 + k4), summed left to right like Python
             k2 = v(axpy(x, 0.5 * h, k1), t - 0.5 * h)
-            k3 = v(axpy(x, 0.5 * h, k2), t - 0.5 * h)
-            k4 = v(axpy(x, h, k3), s)
-            two = b.const(2.0)
-            acc = b.op("Add", k1, b.op("Mul", two, k2))
-            acc = b.op("Add", acc, b.op("Mul", two, k3))
-            x = axpy(x, h / 6.0, b.op("Add", acc, k4))
+            if i < steps - 1:
+                k3 = v(axpy(x, 0.5 * h, k2), t - 0.5 * h)
+                k4 = v(axpy(x, h, k3), s)
+                two = b.const(2.0)
+                acc = b.op("Add", k1, b.op("Mul", two, k2))
+                acc = b.op("Add", acc, b.op("Mul", two, k3))
+                x = axpy(x, h / 6.0, b.op("Add", acc, k4))
+            else:  # the final step ends at t=0: midpoint
+                x = axpy(x, h, k2)
 
     # 3. decode: crop the padding, [-1, 1] -> [0, 255], round half to even, clip, uint8
     lo, hi = PAD, PAD + IMAGE_SIZE
