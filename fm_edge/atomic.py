@@ -74,6 +74,17 @@ def write_bytes(final: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def remove_leftovers(parent: str | os.PathLike, pattern: str) -> None:
+    """Delete the temporaries a killed atomic_file/atomic_dir left in ``parent`` for final names matching
+    the glob ``pattern`` (``.NAME.XXXX.tmp``, and ``.NAME.XXXX.old`` from a replaced folder)."""
+    for suffix in (".tmp", ".old"):
+        for p in Path(parent).glob(f".{pattern}.*{suffix}"):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
 def prepare_output_dir(output_dir: str | os.PathLike) -> tuple[Path, bool]:
     """Create the output folder if needed: (path, created now?); a UsageError if it cannot be written."""
     out = Path(output_dir)

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fm_edge.atomic import atomic_dir, prepare_output_dir
+from fm_edge.atomic import atomic_dir, prepare_output_dir, remove_leftovers
 from fm_edge.errors import FmEdgeError, UsageError
 
 
@@ -115,13 +115,6 @@ def _optimizer_state(path: Path) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _remove_temporaries(output_dir: Path) -> None:
-    """Delete the hidden .checkpoint-*/.model.* folders a killed run left behind."""
-    for p in output_dir.glob(".*"):
-        if p.is_dir() and p.name.startswith((".checkpoint-", ".model.")) and p.suffix in (".tmp", ".old"):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
     from safetensors.torch import save_file
 
@@ -209,7 +202,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(out)
-        _remove_temporaries(out)
+        for name in ("checkpoint-*", "model"):  # what a killed run was writing
+            remove_leftovers(out, name)
     x_all = torch.from_numpy(encode_uint8(images))
     y_all = torch.from_numpy(labels)
     n = len(x_all)

@@ -77,11 +77,16 @@ def as_float(value, name: str, lo: float, hi: float) -> float:
     return f
 
 
-def labels_for(digit, n: int) -> np.ndarray:
-    """The N labels a digit choice asks for."""
+def _digit(digit) -> str:
     key = str(digit).strip().lower()
     if key not in DIGITS:
         raise UsageError(f"digit must be one of {', '.join(DIGITS)}, got {_shown(digit)}")
+    return key
+
+
+def labels_for(digit, n: int) -> np.ndarray:
+    """The N labels a digit choice asks for."""
+    key = _digit(digit)
     if key == "cycle":
         return default_labels(n)
     return default_labels(n, unconditional=True) if key == "any" else default_labels(n, int(key))
@@ -99,26 +104,33 @@ def _randomize(randomize) -> bool:
     return bool(randomize)
 
 
+def _checked(digit, num_samples, steps, solver, cfg_scale, seed, randomize) -> dict[str, tuple]:
+    """Every control checked once: name -> (value, None) or (None, its one-line message), in the page's order."""
+    drawn = isinstance(randomize, (bool, np.bool_)) and bool(randomize)  # a randomized seed is drawn later
+    checks = {
+        "digit": lambda: _digit(digit),
+        "num_samples": lambda: as_int(num_samples, "number of samples", 1, MAX_SAMPLES),
+        "steps": lambda: as_int(steps, "ODE steps", 1, MAX_STEPS),
+        "solver": lambda: _solver(solver),
+        "cfg_scale": lambda: as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG),
+        "seed": lambda: None if drawn else as_int(seed, "seed", 0, MAX_SEED),
+        "randomize": lambda: _randomize(randomize),
+    }
+    fields = {}
+    for name, check in checks.items():
+        try:
+            fields[name] = (check(), None)
+        except UsageError as exc:
+            fields[name] = (None, str(exc))
+    return fields
+
+
 def field_errors(digit, num_samples, steps, solver, cfg_scale, seed, randomize) -> list[str | None]:
     """One message per control (None when its value is fine), in the page's order: what the queue's
     validator shows next to each control before a request may join the queue."""
-    checks = (
-        lambda: labels_for(digit, 1),
-        lambda: as_int(num_samples, "number of samples", 1, MAX_SAMPLES),
-        lambda: as_int(steps, "ODE steps", 1, MAX_STEPS),
-        lambda: _solver(solver),
-        lambda: as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG),
-        lambda: randomize is True or as_int(seed, "seed", 0, MAX_SEED),  # a randomized seed is drawn later
-        lambda: _randomize(randomize),
-    )
-    errors: list[str | None] = []
-    for check in checks:
-        try:
-            check()
-            errors.append(None)
-        except UsageError as exc:
-            errors.append(str(exc))
-    return errors
+    return [
+        err for _, err in _checked(digit, num_samples, steps, solver, cfg_scale, seed, randomize).values()
+    ]
 
 
 def parse(
@@ -132,11 +144,11 @@ def parse(
     shift: float = 1.0,
 ) -> Request:
     """Check every control; a randomized request draws its seed here (and reports it)."""
-    n = as_int(num_samples, "number of samples", 1, MAX_SAMPLES)
-    labels = labels_for(digit, n)
-    steps = as_int(steps, "ODE steps", 1, MAX_STEPS)
-    solver = _solver(solver)
-    cfg = as_float(cfg_scale, "CFG scale", 0.0, MAX_CFG)
-    randomize = _randomize(randomize)
-    seed = secrets.randbelow(2**31) if randomize else as_int(seed, "seed", 0, MAX_SEED)
-    return Request(labels, steps, solver, cfg, float(shift), seed, randomize)
+    fields = _checked(digit, num_samples, steps, solver, cfg_scale, seed, randomize)
+    for name in ("num_samples", "digit", "steps", "solver", "cfg_scale", "randomize", "seed"):  # first error
+        if fields[name][1] is not None:
+            raise UsageError(fields[name][1])
+    v = {name: value for name, (value, _) in fields.items()}
+    seed = secrets.randbelow(2**31) if v["randomize"] else v["seed"]
+    labels = labels_for(v["digit"], v["num_samples"])
+    return Request(labels, v["steps"], v["solver"], v["cfg_scale"], float(shift), seed, v["randomize"])

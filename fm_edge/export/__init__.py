@@ -168,11 +168,11 @@ def main(args):
                 os.replace(f, out / f.name)
                 paths[f.name] = out / f.name
         except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
             if created:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        shutil.rmtree(stage, ignore_errors=True)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     for p in paths.values():
         print(f"wrote {p}", file=sys.stderr)
     return str(Path(args.output_dir))
