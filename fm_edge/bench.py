@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fm_edge.artifacts import SAMPLER_FILE, SAMPLER_INT8, VELOCITY_FILE, VELOCITY_INT8, WEIGHTS
 from fm_edge.convention import default_labels
 from fm_edge.errors import FmEdgeError, UsageError
 
@@ -34,10 +34,10 @@ ALL_BACKENDS = (
     "sampler-int8",
 )
 ONNX_FILES = {
-    "ort-fp32": "velocity.onnx",
-    "ort-int8": "velocity_int8.onnx",
-    "sampler-fp32": "sampler.onnx",
-    "sampler-int8": "sampler_int8.onnx",
+    "ort-fp32": VELOCITY_FILE,
+    "ort-int8": VELOCITY_INT8,
+    "sampler-fp32": SAMPLER_FILE,
+    "sampler-int8": SAMPLER_INT8,
 }
 
 
@@ -65,7 +65,7 @@ class PeakRSS:
 
 
 def _velocity_runner(backend, cfg_scale, shift):
-    from fm_edge.sample import generate
+    from fm_edge.backends import generate
 
     def run(noise, labels, steps):
         return generate(backend, labels, steps, "euler", cfg_scale, shift, noise=noise, batch_size=len(noise))
@@ -77,11 +77,10 @@ def make_runner(
     name: str, model_dir, onnx_dir: Path, num_threads: int | None, cfg_scale: float, shift: float
 ):
     """(run(noise, labels, steps) -> uint8 images, size in bytes, fixed steps or None) for one backend."""
-    from fm_edge.model import WEIGHTS, resolve
+    from fm_edge.backends import Backend, torch_backend
+    from fm_edge.model import resolve
 
     if name in ("torch-fp32", "torch-compiled", "torchao-int8"):
-        from fm_edge.sample import Backend, torch_backend
-
         b = torch_backend(model_dir, num_threads)
         size = (resolve(model_dir) / WEIGHTS).stat().st_size
         if name == "torch-compiled":
@@ -105,7 +104,6 @@ def make_runner(
     if not path.is_file():
         raise UsageError(f"{name}: {str(path)!r} does not exist (run fm-edge export --int8 -o {onnx_dir})")
     from fm_edge.runtime import OnnxSampler, OnnxVelocity
-    from fm_edge.sample import Backend
 
     if name.startswith("ort"):
         v = OnnxVelocity(path, num_threads=num_threads)
@@ -131,14 +129,14 @@ def bench(
     """Every backend x NFE x batch size; ``isolate`` runs each backend in its own process."""
     from tqdm.auto import tqdm
 
+    from fm_edge.artifacts import recommended_sampler, shipped_onnx
+    from fm_edge.backends import make_noise
     from fm_edge.model import read_fm_config, resolve
-    from fm_edge.runtime import shipped_onnx
-    from fm_edge.sample import make_noise
+    from fm_edge.timing import median, time_alternating
 
-    fm = read_fm_config(resolve(model_dir))
-    rec = fm.get("sampler", {})
-    cfg_scale, shift = float(rec.get("cfg_scale", 2.0)), float(rec.get("shift", 1.0))
-    onnx_dir = Path(onnx_dir) if onnx_dir else shipped_onnx("velocity.onnx").parent
+    rec = recommended_sampler(read_fm_config(resolve(model_dir)).get("sampler"))
+    cfg_scale, shift = float(rec["cfg_scale"]), float(rec["shift"])
+    onnx_dir = Path(onnx_dir) if onnx_dir else shipped_onnx(VELOCITY_FILE).parent
     q_labels = default_labels(quality_samples)
     q_noise = make_noise(quality_samples, seed + 1)
     rows, skipped = [], {}
@@ -162,14 +160,12 @@ def bench(
                 continue
             for b in batch_sizes:
                 noise, labels = make_noise(b, seed), default_labels(b)
-                with PeakRSS() as mem:
-                    run(noise, labels, nfe)  # warm-up (and compilation)
-                    times = []
-                    for _ in tqdm(range(repeats), desc=f"{name} b{b} nfe{nfe}", file=sys.stderr, leave=False):
-                        t0 = time.perf_counter()
-                        run(noise, labels, nfe)
-                        times.append(time.perf_counter() - t0)
-                med = statistics.median(times)
+                with PeakRSS() as mem, tqdm(total=repeats, desc=f"{name} b{b} nfe{nfe}", file=sys.stderr,
+                                            leave=False) as bar:  # fmt: skip
+                    # the warm-up call also absorbs torch.compile's compilation
+                    call = lambda run=run, noise=noise, labels=labels, nfe=nfe: run(noise, labels, nfe)
+                    times = time_alternating({name: call}, repeats, progress=lambda *_: bar.update(1))[name]
+                med = median(times)
                 timed.append(
                     {
                         "backend": name,
@@ -199,7 +195,7 @@ def bench(
                 if row["nfe"] == nfe:
                     row.update(quality)
                     rows.append(row)
-                    print(format_row(row), file=sys.stderr, flush=True)
+                    tqdm.write(format_row(row), file=sys.stderr)  # above any progress bar, not through it
     from fm_edge.envinfo import collect
 
     return {
@@ -239,18 +235,27 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     rows = result["rows"]
     names = list(dict.fromkeys(r["backend"] for r in rows))
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, 1 + len(batches), figsize=(5 * (1 + len(batches)), 4))
-    for name in names:
-        pts = sorted({(r["nfe"], r["fd"]) for r in rows if r["backend"] == name and r.get("fd") is not None})
-        if pts:
-            axes[0].plot(*zip(*pts), "o-", label=name)
-    axes[0].set(xscale="log", yscale="log", xlabel="NFE (euler steps)", ylabel="FD", title="quality vs NFE")
-    axes[0].legend(fontsize=7)
-    for ax, b in zip(axes[1:], batches):
+    quality = any(r.get("fd") is not None for r in rows)  # no quality panel for --quality-samples 0
+    panels = int(quality) + len(batches)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
+    if quality:
+        for name in names:
+            pts = sorted(
+                {(r["nfe"], r["fd"]) for r in rows if r["backend"] == name and r.get("fd") is not None}
+            )
+            if pts:
+                axes[0].plot(*zip(*pts), "o-", label=name)
+        axes[0].set(
+            xscale="log", yscale="log", xlabel="NFE (euler steps)", ylabel="FD", title="quality vs NFE"
+        )
+        axes[0].legend(fontsize=7)
+    for ax, b in zip(axes[int(quality) :], batches):
         for name in names:
             pts = sorted(
                 (r["nfe"], r["ms_per_image"]) for r in rows if r["backend"] == name and r["batch"] == b
@@ -259,8 +264,13 @@ def plot(result: dict, path: Path) -> None:
                 ax.plot(*zip(*pts), "o-", label=name)
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="ms per image", title=f"latency, batch {b}")
         ax.legend(fontsize=7)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 29, not 2.9x10^1
     for ax in axes:
         ax.grid(alpha=0.3)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(FuncFormatter(lambda *_: ""))
     fig.tight_layout()
     from fm_edge.atomic import atomic_file
 

@@ -223,7 +223,7 @@ def make_assets(
 
     from fm_edge.atomic import atomic_dir
     from fm_edge.data import load_split
-    from fm_edge.evaluate import frechet_distance
+    from fm_edge.metrics import frechet_distance
 
     t0 = time.time()
     train_x, train_y = load_split(data, "train")

@@ -153,7 +153,7 @@ COMMANDS = {
     "train": ("fm_edge.train", "main"),
     "sample": ("fm_edge.sample", "main"),
     "evaluate": ("fm_edge.evaluate", "main"),
-    "export": ("fm_edge.export", "main"),
+    "export": ("fm_edge.export.command", "main"),
     "bench": ("fm_edge.bench", "main"),
     "demo": ("fm_edge.demo", "main"),
     "env": ("fm_edge.envinfo", "main"),
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from fm_edge.errors import FmEdgeError
 
     module, func = COMMANDS[args.command]
+    if args.command == "evaluate" and args.nfe_curve:
+        module = "fm_edge.curve"
     try:
         result = getattr(importlib.import_module(module), func)(args)
     except FmEdgeError as exc:

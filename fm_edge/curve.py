@@ -33,9 +33,9 @@ def nfe_curve(
 
     ``backend`` samples (torch or onnx); ``reference_backend`` (torch, default ``backend``) runs dopri5.
     """
+    from fm_edge.backends import generate, make_noise
     from fm_edge.evaluate import evaluate_images
     from fm_edge.reference import reference_solve
-    from fm_edge.sample import generate, make_noise
 
     labels = default_labels(n)
     noise = make_noise(n, seed)
@@ -119,7 +119,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(args) -> Path:
     """``fm-edge evaluate --nfe-curve``: JSON and PNG into --output-dir."""
-    from fm_edge.sample import torch_backend
+    from fm_edge.backends import torch_backend
 
     if args.num_samples < 2:
         raise UsageError(f"--num-samples must be >= 2 for an FD, got {args.num_samples}")
@@ -138,7 +138,14 @@ def main(args) -> Path:
     shift = backend.sampler.get("shift", 1.0) if args.shift is None else args.shift
     check_cfg(cfg)
     result = nfe_curve(
-        backend, solvers, steps, args.num_samples, cfg, shift, args.seed, args.reference_samples
+        backend,
+        solvers=solvers,
+        steps=steps,
+        n=args.num_samples,
+        cfg_scale=cfg,
+        shift=shift,
+        seed=args.seed,
+        reference_n=args.reference_samples,
     )
     out = Path(args.output_dir)
     from fm_edge.atomic import write_bytes

@@ -20,33 +20,7 @@ import numpy as np
 
 from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, NUM_CLASSES, check_labels
 from fm_edge.errors import UsageError
-
-
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix (tiny negative eigenvalues -> 0)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 without scipy.
-
-    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))``, where the last trace is computed as
-    ``tr((S1^(1/2) S2 S1^(1/2))^(1/2))``: the same eigenvalues, but of a symmetric PSD matrix, so two
-    symmetric eigen-decompositions do it stably (no complex parts, no sqrtm iteration).
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    w = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = np.sqrt(np.clip(w, 0, None)).sum()
-    diff = mu1 - mu2
-    fd = diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean
-    return float(max(fd, 0.0))
-
+from fm_edge.metrics import frechet_distance
 
 _CACHE: dict = {}
 
@@ -139,10 +113,6 @@ def format_report(r: dict) -> str:
 
 def main(args):
     """``fm-edge evaluate samples.npz [--json r.json]``: print the report; return the JSON path or None."""
-    if getattr(args, "nfe_curve", False):
-        from fm_edge.curve import main as curve_main
-
-        return curve_main(args)
     if not args.samples:
         raise UsageError("give a samples .npz to evaluate (or --nfe-curve)")
     from fm_edge.images import load_samples

@@ -6,18 +6,14 @@ EMA weights) plus ``fm_edge.json`` (convention, preset, recommended sampler) and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from fm_edge import __version__
+from fm_edge.artifacts import DEFAULT_SAMPLER, FM_CONFIG, SHIPPED, WEIGHTS
 from fm_edge.convention import CONVENTION, MODEL_SIZE, NUM_CLASS_EMBEDS, T_SCALE
 from fm_edge.errors import FmEdgeError, UsageError
-
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-FM_CONFIG = "fm_edge.json"
-SHIPPED = Path(__file__).parent / "checkpoints" / "compact-mnist"
 
 _BASE = dict(
     sample_size=MODEL_SIZE,
@@ -63,9 +59,6 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-#: Few-step sampler used when a checkpoint's fm_edge.json recommends none.
-DEFAULT_SAMPLER = {"solver": "euler", "steps": 4, "cfg_scale": 2.0, "shift": 1.0}
-
 
 def build(preset: str):
     """A freshly initialised UNet2DModel of the named preset."""
@@ -85,15 +78,6 @@ def fm_config(preset: str, sampler: dict | None = None, **extra) -> dict:
         "sampler": dict(sampler or DEFAULT_SAMPLER),
         **extra,
     }
-
-
-def weights_hash(folder: str | os.PathLike) -> str:
-    """sha256 of the checkpoint's safetensors file (identifies the weights in exported artifacts)."""
-    h = hashlib.sha256()
-    with open(Path(folder) / WEIGHTS, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_fm_config(folder: str | os.PathLike) -> dict:

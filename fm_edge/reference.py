@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fm_edge.sample import Backend, make_noise
+from fm_edge.backends import Backend, make_noise
 from fm_edge.solvers import guided
 
 

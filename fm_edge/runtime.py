@@ -3,7 +3,7 @@
 - :class:`OnnxVelocity` wraps ``velocity.onnx`` as the shared ``velocity(x, t, labels)`` backend, so
   :func:`fm_edge.solvers.sample` (and ``fm-edge sample --backend onnx``) drive it without torch.
 - :class:`OnnxSampler` wraps ``sampler.onnx``, the whole sampler in one graph: noise in, uint8 digits out.
-- :func:`shipped_onnx` finds the files shipped with the package.
+- the shipped files are found through :mod:`fm_edge.artifacts` (``shipped_onnx("sampler.onnx")``).
 
 Imports: numpy, onnxruntime, and the numpy-only fm-edge modules (convention, solvers, errors). Every file
 goes through ``onnx.checker`` before a session is built (``onnx`` is in the runtime extra; where it is
@@ -12,18 +12,16 @@ missing, ORT's own load-time checks remain).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from fm_edge.artifacts import sampler_from_metadata
 from fm_edge.convention import T_SCALE, check_labels, check_model_input
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.solvers import check_cfg
-
-SHIPPED_ONNX = Path(__file__).parent / "checkpoints" / "compact-mnist" / "onnx"
 
 #: name -> element type of the inputs each kind of file must have, in order
 VELOCITY_INPUTS = {"sample": "tensor(float)", "timestep": "tensor(float)", "class_labels": "tensor(int64)"}
@@ -36,16 +34,6 @@ OPT_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-
-
-def shipped_onnx(name: str) -> Path:
-    """Path of an .onnx file shipped with fm-edge (``velocity.onnx``, ``sampler.onnx``, ...)."""
-    path = SHIPPED_ONNX / name
-    if not path.is_file():
-        raise UsageError(
-            f"no shipped {name} in {str(SHIPPED_ONNX)!r}: pass --model PATH.onnx, or run fm-edge export"
-        )
-    return path
 
 
 def _providers(providers) -> list[str]:
@@ -155,17 +143,8 @@ class _OnnxModel:
         return self.session.get_providers()
 
     def recommended_sampler(self) -> dict:
-        """The solver/steps/cfg_scale/shift recorded at export ({} when the file records none)."""
-        raw = self.metadata.get("recommended_sampler")
-        if raw is None:
-            return {}
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            rec = None
-        if not isinstance(rec, dict):
-            raise FmEdgeError(f"{str(self.path)!r} has unreadable recommended_sampler metadata: {raw[:60]!r}")
-        return rec
+        """The solver/steps/cfg_scale/shift recorded at export (package defaults for what it omits)."""
+        return sampler_from_metadata(self.metadata, repr(str(self.path)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, providers={self.providers})"
@@ -211,16 +190,16 @@ class OnnxSampler(_OnnxModel):
     expected_inputs = SAMPLER_INPUTS
 
     @property
-    def solver(self) -> str | None:
-        return self.metadata.get("solver")
+    def solver(self) -> str:
+        return self.recommended_sampler()["solver"]
 
     @property
-    def steps(self) -> int | None:
-        return int(self.metadata["steps"]) if "steps" in self.metadata else None
+    def steps(self) -> int:
+        return self.recommended_sampler()["steps"]
 
     @property
     def cfg_scale(self) -> float:
-        return float(self.metadata.get("cfg_scale", 1.0))
+        return self.recommended_sampler()["cfg_scale"]
 
     def __call__(self, noise: np.ndarray, labels, cfg_scale: float | None = None) -> np.ndarray:
         noise = check_model_input(noise, "noise")

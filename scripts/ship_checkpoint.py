@@ -22,13 +22,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fm_edge.artifacts import FM_CONFIG, SHIPPED  # noqa: E402
+from fm_edge.backends import generate, onnx_backend, torch_backend  # noqa: E402
 from fm_edge.card import write_card  # noqa: E402
 from fm_edge.convention import default_labels  # noqa: E402
 from fm_edge.curve import format_row, nfe_curve, plot  # noqa: E402
 from fm_edge.evaluate import evaluate_images  # noqa: E402
 from fm_edge.images import grid, png_bytes  # noqa: E402
-from fm_edge.model import FM_CONFIG, SHIPPED, read_fm_config  # noqa: E402
-from fm_edge.sample import generate, onnx_backend, torch_backend  # noqa: E402
+from fm_edge.model import read_fm_config  # noqa: E402
 
 
 def log(*a):
@@ -54,7 +55,7 @@ def main():
     fm = read_fm_config(SHIPPED)
 
     # 2. a velocity.onnx to sample with (fm-edge export later writes the shipped ONNX files)
-    from fm_edge.export import export
+    from fm_edge.export.command import export
 
     tmp_onnx = ROOT / "runs" / "ship_onnx"
     export(SHIPPED, tmp_onnx, num_threads=args.threads)

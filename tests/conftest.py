@@ -17,7 +17,8 @@ def make_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     """A save_pretrained folder of the ``tiny`` preset with an fm_edge.json, like a trained one."""
     import torch
 
-    from fm_edge.model import FM_CONFIG, build, fm_config
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.model import build, fm_config
 
     torch.manual_seed(seed)
     model = build("tiny")
@@ -40,7 +41,7 @@ def tiny_onnx(tiny_ckpt, tmp_path_factory) -> Path:
     """A folder with velocity.onnx and sampler.onnx exported (and validated) from ``tiny_ckpt``."""
     import io
 
-    from fm_edge.export import export
+    from fm_edge.export.command import export
 
     out = tmp_path_factory.mktemp("tiny_onnx") / "onnx"
     export(tiny_ckpt, out, num_threads=1, log=io.StringIO())

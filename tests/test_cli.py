@@ -99,9 +99,9 @@ def test_sample_writes_npz_and_png(tiny_ckpt, tmp_path, capsys):
 
 
 def test_reference_distance_shrinks_with_steps(tiny_ckpt):
+    from fm_edge.backends import generate, torch_backend
     from fm_edge.convention import default_labels
     from fm_edge.reference import distance_to_reference
-    from fm_edge.sample import generate, torch_backend
 
     b = torch_backend(tiny_ckpt)
     labels = default_labels(4)

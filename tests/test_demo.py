@@ -20,10 +20,11 @@ import pytest
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'fm-edge[demo]'")
 
-from fm_edge.demo.compare import MIN_HEAT_RANGE, diff_stats, grid_scale, heatmap, tile  # noqa: E402
+from fm_edge.demo.compare import MIN_HEAT_RANGE, grid_scale, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import MAX_SAMPLES, MAX_STEPS, parse  # noqa: E402
 from fm_edge.demo.models import FP32_FILE, INT8_FILE, model_folder  # noqa: E402
 from fm_edge.errors import UsageError  # noqa: E402
+from fm_edge.metrics import diff_stats  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -69,8 +70,8 @@ def make_int8(fp32_path: Path, out_path: Path, num_noises: int = 11) -> None:
 def _quantize_static(v, fp32_path: Path, out_path: Path, rec: dict, num_noises: int) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from fm_edge.backends import make_noise
     from fm_edge.convention import T_SCALE
-    from fm_edge.sample import make_noise
     from fm_edge.solvers import sample
 
     feeds = []
@@ -344,7 +345,7 @@ def _browser_or_skip():
 def _browser_models(demo_onnx, tiny_ckpt):
     """(model folder, checkpoint) for the browser test: FM_EDGE_DEMO_MODEL when set; with FM_EDGE_SCREENSHOT
     the shipped files when they exist (a screenshot of real digits); else the tiny test models."""
-    from fm_edge.runtime import SHIPPED_ONNX
+    from fm_edge.artifacts import SHIPPED_ONNX
 
     if os.environ.get("FM_EDGE_DEMO_MODEL"):
         return Path(os.environ["FM_EDGE_DEMO_MODEL"]), None

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from fm_edge.errors import UsageError
-from fm_edge.evaluate import evaluate_images, frechet_distance
+from fm_edge.evaluate import evaluate_images
+from fm_edge.metrics import frechet_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).resolve().parent / "data" / "mnist_tiny" / "mnist"

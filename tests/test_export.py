@@ -11,13 +11,14 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
+from fm_edge.artifacts import FM_CONFIG, SHIPPED, WEIGHTS, weights_hash
 from fm_edge.cli import main
 from fm_edge.convention import CONVENTION, NULL_LABEL
 from fm_edge.errors import FmEdgeError, UsageError
-from fm_edge.export import export
 from fm_edge.export import validate as V
+from fm_edge.export.command import export
 from fm_edge.export.sampler_graph import build_sampler
-from fm_edge.model import FM_CONFIG, SHIPPED, WEIGHTS, load, weights_hash
+from fm_edge.model import load
 from fm_edge.runtime import OnnxSampler, OnnxVelocity
 
 SOLVER_STEPS = [("euler", 4), ("midpoint", 3), ("heun", 3), ("rk4", 2)]

@@ -1,6 +1,6 @@
 """Fuzzing the input checks of the public sampling API with hypothesis (issue 6).
 
-Two properties per entry point (``OnnxSampler``, ``OnnxVelocity``, ``fm_edge.sample.generate``):
+Two properties per entry point (``OnnxSampler``, ``OnnxVelocity``, ``fm_edge.backends.generate``):
 
 - any input that is valid by the documented contract (finite float32 [B,1,32,32] noise, integer labels
   0-10, one per row, CFG scale 0-20, t in [0, 1], a known solver and 1-1024 steps) is answered with an
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from fm_edge.backends import Backend, generate
 from fm_edge.errors import UsageError
 from fm_edge.runtime import OnnxSampler, OnnxVelocity
-from fm_edge.sample import Backend, generate
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

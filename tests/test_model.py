@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from fm_edge.backends import generate, torch_backend
 from fm_edge.convention import decode_uint8, default_labels, encode_uint8
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.model import PRESETS, build, load, velocity_fn
-from fm_edge.sample import generate, torch_backend
 
 
 def test_encode_decode_round_trip():

@@ -13,6 +13,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
+from fm_edge.metrics import DB_CAP, psnr_db, sqnr_db  # noqa: E402
 from fm_edge.quantize import calibrate, graph, recipe, sqnr  # noqa: E402
 
 SOLVER, STEPS, CFG = "heun", 3, 1.5  # what make_tiny_checkpoint recommends
@@ -173,10 +174,10 @@ def test_psnr_and_sqnr_basics():
     a = np.zeros((2, 28, 28), np.uint8)
     b = a.copy()
     b[1, 0, 0] = 255
-    ps = sqnr.psnr_db(a, b)
-    assert ps[0] == sqnr.PSNR_CAP_DB and abs(ps[1] - 10 * np.log10(28 * 28)) < 1e-9  # one pixel off by 255
+    ps = psnr_db(a, b)
+    assert ps[0] == DB_CAP and abs(ps[1] - 10 * np.log10(28 * 28)) < 1e-9  # one pixel off by 255
     x = np.ones(100)
-    assert abs(sqnr.sqnr_db(x, x * 1.01) - 40.0) < 1e-6
+    assert abs(sqnr_db(x, x * 1.01) - 40.0) < 1e-6
 
 
 # -- export --int8 ----------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_psnr_and_sqnr_basics():
 def test_quantize_export_writes_three_files_with_the_recipe(onnx_dir, tmp_path):
     import shutil
 
-    from fm_edge.quantize import quantize_export
+    from fm_edge.quantize.pipeline import quantize_export
     from fm_edge.runtime import OnnxSampler
 
     out = tmp_path / "out"
@@ -222,8 +223,7 @@ def test_quantize_export_writes_three_files_with_the_recipe(onnx_dir, tmp_path):
 def test_quality_outside_tolerance_fails_and_writes_nothing(onnx_dir, tmp_path):
     import shutil
 
-    from fm_edge.quantize import quantize_export
-    from fm_edge.quantize.pipeline import Tolerance
+    from fm_edge.quantize.pipeline import Tolerance, quantize_export
 
     out = tmp_path / "out"
     shutil.copytree(onnx_dir, out)
@@ -269,8 +269,8 @@ def test_shipped_int8_files_are_a_fresh_int8_export(tmp_path):
     import io
     import shutil
 
-    from fm_edge.model import SHIPPED
-    from fm_edge.quantize import quantize_export
+    from fm_edge.artifacts import SHIPPED
+    from fm_edge.quantize.pipeline import quantize_export
     from fm_edge.runtime import OnnxSampler, OnnxVelocity
 
     shipped = SHIPPED / "onnx"
@@ -287,8 +287,8 @@ def test_shipped_int8_files_are_a_fresh_int8_export(tmp_path):
     labels = np.arange(32) % 11
     a = OnnxSampler(shipped / "sampler_int8.onnx", num_threads=2)(noise, labels)
     b = OnnxSampler(tmp_path / "sampler_int8.onnx", num_threads=2)(noise, labels)
-    assert sqnr.psnr_db(a, b).min() >= 40
+    assert psnr_db(a, b).min() >= 40
     x = noise[:8]
     va = OnnxVelocity(shipped / "velocity_int8.onnx")(x, 0.5, labels[:8])
     vb = OnnxVelocity(tmp_path / "velocity_int8.onnx")(x, 0.5, labels[:8])
-    assert sqnr.sqnr_db(va, vb) >= 30
+    assert sqnr_db(va, vb) >= 30

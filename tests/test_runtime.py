@@ -11,12 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fm_edge import runtime
+from fm_edge import artifacts, runtime
+from fm_edge.artifacts import shipped_onnx
+from fm_edge.backends import generate, make_noise, onnx_backend, torch_backend
 from fm_edge.cli import main
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import FmEdgeError, UsageError
-from fm_edge.runtime import OnnxSampler, OnnxVelocity, shipped_onnx
-from fm_edge.sample import generate, make_noise, onnx_backend, torch_backend
+from fm_edge.runtime import OnnxSampler, OnnxVelocity
 from fm_edge.solvers import sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_session_options(tiny_onnx):
 
 
 def test_shipped_onnx(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime, "SHIPPED_ONNX", tmp_path)
+    monkeypatch.setattr(artifacts, "SHIPPED_ONNX", tmp_path)
     with pytest.raises(UsageError, match="no shipped velocity.onnx") as e:
         shipped_onnx("velocity.onnx")
     one_line(e)

@@ -1,6 +1,6 @@
 """One comparison: every backend from the same noise, timed, and how far int8 lands from fp32 (numpy only).
 
-1. the noise comes from :func:`fm_edge.sample.make_noise` once, and every backend starts from that array;
+1. the noise comes from :func:`fm_edge.backends.make_noise` once, and every backend starts from that array;
 2. each backend runs :func:`fm_edge.solvers.sample` over its ``velocity(x, t, labels)`` callable, timed;
 3. the uint8 digits are compared (PSNR, max and mean |diff| in grey levels of 255) and tiled into grids,
    upscaled with nearest-neighbour only, plus a heat map of |int8 - fp32|.
@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fm_edge.backends import Backend, make_noise
 from fm_edge.convention import decode_uint8
 from fm_edge.images import grid
-from fm_edge.sample import Backend, make_noise
+from fm_edge.metrics import diff_stats
 from fm_edge.solvers import nfe, sample
 
 #: grids are upscaled by a whole factor so that they are about this wide (px), 1x to 8x
@@ -101,18 +102,6 @@ def compare(
     for b in backends[1:]:
         out.stats[f"{b.name} vs {first}"] = diff_stats(runs[first].images, runs[b.name].images)
     return out
-
-
-def diff_stats(a: np.ndarray, b: np.ndarray) -> dict:
-    """PSNR (dB, peak 255; None when identical), max and mean |a - b| in grey levels, over all pixels."""
-    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    mse = float((d.astype(np.float64) ** 2).mean())
-    return {
-        "psnr_db": None if mse == 0 else round(10.0 * math.log10(255.0**2 / mse), 2),
-        "max_abs_diff": int(d.max()),
-        "mean_abs_diff": round(float(d.mean()), 3),
-        "identical": mse == 0,
-    }
 
 
 def grid_scale(n: int, size: int = 28, pad: int = 2) -> int:

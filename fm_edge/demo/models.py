@@ -16,18 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fm_edge.artifacts import SHIPPED, SHIPPED_ONNX, VELOCITY_FILE, VELOCITY_INT8, WEIGHTS, weights_hash
+from fm_edge.backends import Backend
 from fm_edge.errors import UsageError
-from fm_edge.sample import Backend
 
-FP32_FILE = "velocity.onnx"
-INT8_FILE = "velocity_int8.onnx"
+FP32_FILE, INT8_FILE = VELOCITY_FILE, VELOCITY_INT8
 NAMES = {"fp32": "ONNX fp32", "int8": "ONNX int8", "torch": "PyTorch fp32"}
 
 
 def model_folder(model_dir=None) -> Path:
     """The folder with velocity.onnx and velocity_int8.onnx (default: the shipped one)."""
-    from fm_edge.runtime import SHIPPED_ONNX
-
     folder = Path(model_dir) if model_dir is not None else SHIPPED_ONNX
     if not folder.is_dir():
         hint = "run: fm-edge export --int8 -o DIR, then fm-edge demo --model DIR"
@@ -64,7 +62,7 @@ class Reference:
 
     def _load(self, num_threads):
         try:
-            from fm_edge.sample import torch_backend
+            from fm_edge.backends import torch_backend
 
             b = torch_backend(self.checkpoint, num_threads=num_threads)
             b.name = NAMES["torch"]
@@ -108,7 +106,6 @@ class DemoModels:
 
 
 def _onnx_backend(path: Path, name: str, num_threads: int | None) -> Backend:
-    from fm_edge.model import DEFAULT_SAMPLER
     from fm_edge.runtime import OnnxVelocity
 
     v = OnnxVelocity(path, num_threads=num_threads)
@@ -118,15 +115,13 @@ def _onnx_backend(path: Path, name: str, num_threads: int | None) -> Backend:
     return Backend(
         name=name,
         velocity=v,
-        sampler=dict(DEFAULT_SAMPLER, **v.recommended_sampler()),
+        sampler=v.recommended_sampler(),
         info={"model": str(path)},
     )
 
 
 def _default_checkpoint(folder: Path) -> Path:
     """The checkpoint beside the ONNX folder (the shipped layout: checkpoint/onnx/), else the shipped one."""
-    from fm_edge.model import SHIPPED
-
     parent = folder.resolve().parent
     return parent if (parent / "config.json").is_file() else SHIPPED
 
@@ -139,8 +134,6 @@ def _reference(folder: Path, fp32: Backend, checkpoint, want: bool | None, num_t
         if want:
             raise UsageError("the PyTorch reference needs torch: pip install 'fm-edge[train]'")
         return None, "PyTorch reference off: torch is not installed (laptop mode)"
-    from fm_edge.model import WEIGHTS, weights_hash
-
     ckpt = Path(checkpoint) if checkpoint is not None else _default_checkpoint(folder)
     if not (ckpt / WEIGHTS).is_file():
         if want or checkpoint is not None:
@@ -175,7 +168,5 @@ def load_models(
     ref, note = _reference(folder, fp32, checkpoint, reference, num_threads)
     sizes = {fp32.name: os.path.getsize(folder / FP32_FILE), int8.name: os.path.getsize(folder / INT8_FILE)}
     if ref is not None:
-        from fm_edge.model import WEIGHTS
-
         sizes[NAMES["torch"]] = os.path.getsize(ref.checkpoint / WEIGHTS)
     return DemoModels(folder, fp32, int8, fp32.sampler, sizes, ref, note)

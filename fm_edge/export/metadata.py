@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fm_edge import __version__
+from fm_edge import __version__, artifacts
 from fm_edge.convention import CONVENTION
 from fm_edge.errors import FmEdgeError
 
 
 def recommended_sampler(fm: dict) -> dict:
     """The checkpoint's recommended few-step sampler, filled in with the package default."""
-    from fm_edge.model import DEFAULT_SAMPLER
-
-    return dict(DEFAULT_SAMPLER, **fm.get("sampler", {}))
+    return artifacts.recommended_sampler(fm.get("sampler"))
 
 
 def check_convention(checkpoint: Path, fm: dict) -> None:
@@ -35,13 +33,11 @@ def check_convention(checkpoint: Path, fm: dict) -> None:
 
 def common_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
     """Convention, preset, version and weights hash: the part shared by velocity.onnx and sampler.onnx."""
-    from fm_edge.model import weights_hash
-
     return {
         **CONVENTION,
         "preset": str(fm.get("preset", "unknown")),
         "fm_edge_version": __version__,
-        "checkpoint_sha256": weights_hash(checkpoint),
+        "checkpoint_sha256": artifacts.weights_hash(checkpoint),
     }
 
 

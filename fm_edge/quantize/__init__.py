@@ -5,24 +5,10 @@ trajectories, with the quality kept and the speed measured.
 - :mod:`.recipe`: the int8 recipe (formats, types, what stays in float), stored as JSON;
 - :mod:`.graph`: node roles from the graph structure, MACs, int8 fractions;
 - :mod:`.ort_int8`: ``velocity.onnx`` -> ``velocity_int8.onnx``; :mod:`.passes`: post-quantization passes;
-- :mod:`.sqnr`: per-layer and end-to-end SQNR, PSNR of final images;
+- :mod:`.sqnr`: per-layer and end-to-end SQNR of an int8 graph against its float original;
 - :mod:`.profile`: ORT per-op-type profiles (where the time goes);
 - :mod:`.torchao_backend`: the PyTorch int8 backend (PT2E + X86InductorQuantizer + torch.compile);
 - :mod:`.pipeline`: ``fm-edge export --int8`` (three files, a summary, a non-zero exit when quality fails).
 
-Nothing heavy is imported here.
+Nothing is imported here.
 """
-
-
-def int8_options(args) -> dict:
-    """See :func:`fm_edge.quantize.pipeline.int8_options`."""
-    from fm_edge.quantize.pipeline import int8_options as check
-
-    return check(args)
-
-
-def quantize_export(out_dir, model_dir=None, **kwargs):
-    """See :func:`fm_edge.quantize.pipeline.quantize_export`."""
-    from fm_edge.quantize.pipeline import quantize_export as run
-
-    return run(out_dir, model_dir, **kwargs)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fm_edge.backends import make_noise
 from fm_edge.convention import NULL_LABEL, T_SCALE
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_solver, nfe, sample
@@ -77,11 +78,9 @@ def collect(
     """Run the fp32 sampler over ``num_noises`` seeded noises and record every velocity-net input.
 
     ``velocity(x, t, labels)`` takes and returns numpy arrays (an ORT velocity, or a torch one wrapped by
-    :func:`numpy_velocity`). The noise is :func:`fm_edge.sample.make_noise`'s, so the recorded run is
+    :func:`numpy_velocity`). The noise is :func:`fm_edge.backends.make_noise`'s, so the recorded run is
     reproducible from ``seed`` alone.
     """
-    from fm_edge.sample import make_noise
-
     check_solver(solver, steps)
     if (
         isinstance(num_noises, bool)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import tempfile
@@ -24,11 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fm_edge.artifacts import (
+    RECIPE_JSON,
+    SAMPLER_FILE,
+    SAMPLER_INT8,
+    VELOCITY_FILE,
+    VELOCITY_INT8,
+    onnx_metadata,
+    sampler_settings,
+    sha256,
+)
 from fm_edge.errors import FmEdgeError, UsageError
-
-VELOCITY_INT8 = "velocity_int8.onnx"
-SAMPLER_INT8 = "sampler_int8.onnx"
-RECIPE_JSON = "quantization.json"
 
 
 @dataclass
@@ -40,90 +45,47 @@ class Tolerance:
     max_accuracy_drop: float = 0.01
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def int8_images(velocity, noise, labels, s: dict) -> np.ndarray:
+    """uint8 digits from the shared sampling loop over a numpy velocity callable (an ORT model)."""
+    from fm_edge.backends import Backend, generate
 
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    """metadata_props of an .onnx file, read without building a session (sampler graphs are slow to load)."""
-    from fm_edge.quantize.graph import load
-
-    return {p.key: p.value for p in load(path).metadata_props}
-
-
-def sampler_settings(out_dir: Path) -> dict:
-    """solver/steps/shift/cfg_scale of the exported sampler.onnx (else velocity.onnx's recommendation)."""
-    from fm_edge.model import DEFAULT_SAMPLER
-
-    sampler = out_dir / "sampler.onnx"
-    meta = onnx_metadata(sampler if sampler.is_file() else out_dir / "velocity.onnx")
-    try:
-        rec = dict(DEFAULT_SAMPLER, **json.loads(meta.get("recommended_sampler", "{}")))
-        return {
-            "solver": meta.get("solver", rec["solver"]),
-            "steps": int(meta.get("steps", rec["steps"])),
-            "shift": float(meta.get("shift", rec.get("shift", 1.0))),
-            "cfg_scale": float(meta.get("cfg_scale", rec["cfg_scale"])),
-        }
-    except (ValueError, TypeError) as exc:
-        raise FmEdgeError(f"unreadable sampler metadata in {out_dir}: {exc}") from None
-
-
-def sample_images(velocity, noise, labels, s: dict, batch_size: int = 256) -> np.ndarray:
-    """uint8 digits from the shared solver loop over a numpy velocity callable."""
-    from fm_edge.convention import decode_uint8
-    from fm_edge.solvers import sample
-
-    outs = [
-        sample(velocity, noise[i : i + batch_size], labels[i : i + batch_size], s["steps"], s["solver"],
-               s["cfg_scale"], s["shift"])
-        for i in range(0, len(noise), batch_size)
-    ]  # fmt: skip
-    return decode_uint8(np.concatenate(outs))
+    return generate(Backend("onnx", velocity, s), labels, s["steps"], s["solver"], s["cfg_scale"], s["shift"],
+                    noise=noise)  # fmt: skip
 
 
 def paired_latency(fp32_session, int8_session, batch: int, rounds: int | None = None) -> dict:
     """Median ms per velocity call of both sessions, run alternately (a busy machine slows both alike),
     and the median of the per-round fp32/int8 ratios."""
     from fm_edge.export.validate import fixed_inputs
+    from fm_edge.timing import median, paired_speedup, time_alternating
 
     x, t, y = fixed_inputs(batch)
     feeds = {"sample": x, "timestep": t, "class_labels": y}
     rounds = rounds or (30 if batch <= 8 else 5)
-    times: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for sess in (fp32_session, int8_session):
-        sess.run(None, feeds)
-    for i in range(rounds):
-        order = (("fp32", fp32_session), ("int8", int8_session))
-        for name, sess in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            sess.run(None, feeds)
-            times[name].append(time.perf_counter() - t0)
-    a, b = np.array(times["fp32"]), np.array(times["int8"])
+    times = time_alternating(
+        {"fp32": lambda: fp32_session.run(None, feeds), "int8": lambda: int8_session.run(None, feeds)}, rounds
+    )
     return {
-        "fp32": round(float(np.median(a) * 1e3), 3),
-        "int8": round(float(np.median(b) * 1e3), 3),
-        "speedup": round(float(np.median(a / b)), 3),
+        "fp32": round(median(times["fp32"]) * 1e3, 3),
+        "int8": round(median(times["int8"]) * 1e3, 3),
+        "speedup": round(paired_speedup(times["fp32"], times["int8"]), 3),
     }
 
 
 def quality_report(fp32_path, int8_path, s: dict, n: int, seed: int, fd: bool, num_threads=None) -> dict:
     """PSNR of final images (same noise), output/per-layer SQNR, and optionally FD / label accuracy."""
+    from fm_edge.backends import make_noise
+    from fm_edge.metrics import psnr_db
     from fm_edge.quantize import calibrate, sqnr
     from fm_edge.runtime import OnnxVelocity
-    from fm_edge.sample import make_noise
 
     v32 = OnnxVelocity(fp32_path, num_threads=num_threads)
     v8 = OnnxVelocity(int8_path, num_threads=num_threads)
     noise = make_noise(n, seed)
     labels = (np.arange(n) % 10).astype(np.int64)
-    img32 = sample_images(v32, noise, labels, s)
-    img8 = sample_images(v8, noise, labels, s)
-    ps = sqnr.psnr_db(img32, img8)
+    img32 = int8_images(v32, noise, labels, s)
+    img8 = int8_images(v8, noise, labels, s)
+    ps = psnr_db(img32, img8)
     held = calibrate.collect(
         v32, calibrate.MIN_NOISES, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed
     )
@@ -203,7 +165,7 @@ def quantize_export(
     tol = tolerance or Tolerance()
     recipe = get(recipe)
     out = Path(out_dir)
-    fp32 = out / "velocity.onnx"
+    fp32 = out / VELOCITY_FILE
     if not fp32.is_file():
         raise UsageError(
             f"{str(fp32)!r} does not exist: run fm-edge export -o {out} first (it writes the fp32 files)"
@@ -231,7 +193,7 @@ def quantize_export(
         failed = check_quality(q, tol)
         # 5. wrap the int8 velocity graph into sampler_int8.onnx and check the wrapping
         if not failed:
-            smeta = onnx_metadata(out / "sampler.onnx") if (out / "sampler.onnx").is_file() else {}
+            smeta = onnx_metadata(out / SAMPLER_FILE) if (out / SAMPLER_FILE).is_file() else {}
             qv = onnx.load(str(vq))
             smeta.update(
                 {p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))}
@@ -264,15 +226,15 @@ def quantize_export(
             "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "fm_edge": __version__},
             "isa": isa_seen(),
             "files": {
-                "velocity.onnx": {"bytes": fp32.stat().st_size, "sha256": _sha256(fp32)},
-                VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": _sha256(vq)},
+                VELOCITY_FILE: {"bytes": fp32.stat().st_size, "sha256": sha256(fp32)},
+                VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": sha256(vq)},
             },
             "size_ratio": facts["size_ratio"],
             "quality": q,
             "tolerance": {**tol.__dict__, "passed": not failed, "failed": failed},
         }
         if sq.is_file():
-            summary["files"][SAMPLER_INT8] = {"bytes": sq.stat().st_size, "sha256": _sha256(sq)}
+            summary["files"][SAMPLER_INT8] = {"bytes": sq.stat().st_size, "sha256": sha256(sq)}
         if measure_latency and not failed:
             s32 = OnnxVelocity(fp32, num_threads=num_threads).session
             s8 = OnnxVelocity(vq, num_threads=num_threads).session

@@ -10,34 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fm_edge.metrics import sqnr_db
 from fm_edge.quantize import graph as G
-
-PSNR_CAP_DB = 99.0  # identical images would be +inf
-
-
-def sqnr_db(ref, test) -> float:
-    """10 log10(sum ref^2 / sum (ref - test)^2), capped at 99 dB for identical inputs."""
-    ref = np.asarray(ref, np.float64)
-    err = ref - np.asarray(test, np.float64)
-    noise = float(np.sum(err * err))
-    signal = float(np.sum(ref * ref))
-    if noise == 0.0:
-        return PSNR_CAP_DB
-    if signal == 0.0:
-        return -PSNR_CAP_DB
-    return float(min(10.0 * np.log10(signal / noise), PSNR_CAP_DB))
-
-
-def psnr_db(a_uint8, b_uint8) -> np.ndarray:
-    """Per-image PSNR (peak 255) between two uint8 image stacks [N, H, W]; identical images give 99 dB."""
-    a = np.asarray(a_uint8, np.float64)
-    b = np.asarray(b_uint8, np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"image stacks differ in shape: {a.shape} vs {b.shape}")
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        out = 10.0 * np.log10(255.0**2 / mse)
-    return np.minimum(out, PSNR_CAP_DB)
 
 
 def _run_exposed(model, names: list[str], feeds: dict) -> dict[str, np.ndarray]:

@@ -239,8 +239,9 @@ def build_velocity(
 
     import torch
 
+    from fm_edge.metrics import sqnr_db
     from fm_edge.model import load, velocity_fn
-    from fm_edge.quantize import calibrate, sqnr
+    from fm_edge.quantize import calibrate
 
     recipe = recipe or TorchaoRecipe()
     log = log if log is not None else sys.stderr
@@ -270,9 +271,7 @@ def build_velocity(
         module = torch.compile(module, dynamic=False)
     with torch.no_grad():
         got = module(*feeds).numpy()
-    report.update(
-        method=recipe.method, velocity_sqnr_db=round(sqnr.sqnr_db(ref, got), 2), calibration=traj.meta
-    )
+    report.update(method=recipe.method, velocity_sqnr_db=round(sqnr_db(ref, got), 2), calibration=traj.meta)
     print(f"torchao {recipe.method}: velocity SQNR vs fp32 {report['velocity_sqnr_db']:.1f} dB", file=log)
     return TorchaoVelocity(module, recipe, report)
 
@@ -301,11 +300,12 @@ def sample_backend(model_dir=None, num_threads: int | None = None, recipe_path=N
     """A :class:`fm_edge.sample.Backend` for ``fm-edge sample --backend torchao``."""
     import torch
 
-    from fm_edge.model import DEFAULT_SAMPLER, read_fm_config, resolve
-    from fm_edge.sample import Backend
+    from fm_edge.artifacts import recommended_sampler
+    from fm_edge.backends import Backend
+    from fm_edge.model import read_fm_config, resolve
 
     path = resolve(model_dir)
-    sampler = dict(DEFAULT_SAMPLER, **read_fm_config(path).get("sampler", {}))
+    sampler = recommended_sampler(read_fm_config(path).get("sampler"))
     if recipe_path is not None:
         v = load_velocity(path, recipe_path, num_threads)
     else:
