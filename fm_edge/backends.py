@@ -2,7 +2,8 @@
 
 - :class:`Backend`: a ``velocity(x, t, labels)`` callable plus how numpy arrays go in and out of it;
 - :func:`make_noise`: the shared starting noise (numpy PCG64, identical for every backend);
-- :func:`torch_backend` (PyTorch, CPU or CUDA) and :func:`onnx_backend` (ONNX Runtime, no torch);
+- :func:`torch_backend` (PyTorch, CPU or CUDA) and :func:`onnx_backend` (ONNX Runtime, no torch), placed by
+  :func:`torch_device` / :func:`ort_providers` from ``--device auto|cpu|cuda``;
 - :func:`generate`: labels + noise -> digits, in batches, through :func:`fm_edge.solvers.sample`.
 
 Imports neither torch nor onnxruntime at module level, so a torch-free install can sample.
@@ -38,12 +39,50 @@ def make_noise(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 1, MODEL_SIZE, MODEL_SIZE), dtype=np.float32)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """Refuse anything but auto, cpu or cuda (one line, before any work)."""
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r} is unknown: choose one of {', '.join(DEVICES)}")
+    return device
+
+
+def torch_device(device: str = "auto") -> str:
+    """'cuda' or 'cpu' for torch: auto takes CUDA when torch sees a GPU; cuda without one is a UsageError."""
+    import torch
+
+    have = torch.cuda.is_available()
+    if check_device(device) == "cuda" and not have:
+        raise UsageError(
+            "--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False; a CPU-only "
+            "torch build or no GPU); use --device cpu or auto"
+        )
+    return "cuda" if device == "cuda" or (device == "auto" and have) else "cpu"
+
+
+def ort_providers(device: str = "auto") -> str:
+    """'cuda' or 'cpu' for ONNX Runtime: auto takes the CUDA provider when this onnxruntime has one (the
+    ``gpu`` extra); cuda without it is a UsageError."""
+    import onnxruntime as ort
+
+    have = "CUDAExecutionProvider" in ort.get_available_providers()
+    if check_device(device) == "cuda" and not have:
+        raise UsageError(
+            "--device cuda: this onnxruntime has no CUDAExecutionProvider (pip install 'fm-edge[gpu]', "
+            "which brings onnxruntime-gpu); use --device cpu or auto"
+        )
+    return "cuda" if device == "cuda" or (device == "auto" and have) else "cpu"
+
+
 def torch_backend(model_dir=None, num_threads: int | None = None, device: str = "cpu") -> Backend:
     import torch
 
     from fm_edge.artifacts import recommended_sampler
     from fm_edge.model import load, resolve, velocity_fn
 
+    device = torch_device(device)
     if num_threads:
         torch.set_num_threads(num_threads)
     model, fm = load(model_dir, device=device)
@@ -53,20 +92,26 @@ def torch_backend(model_dir=None, num_threads: int | None = None, device: str = 
         sampler=recommended_sampler(fm.get("sampler")),
         to_native=lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device),
         to_numpy=lambda a: a.detach().float().cpu().numpy(),
-        info={"model": str(resolve(model_dir)), "preset": fm.get("preset"), "module": model},
+        info={
+            "model": str(resolve(model_dir)),
+            "preset": fm.get("preset"),
+            "module": model,
+            "device": device,
+        },
     )
 
 
-def onnx_backend(model_path=None, num_threads: int | None = None) -> Backend:
+def onnx_backend(model_path=None, num_threads: int | None = None, device: str = "cpu") -> Backend:
     from fm_edge.artifacts import VELOCITY_FILE, shipped_onnx
     from fm_edge.runtime import OnnxVelocity
 
-    v = OnnxVelocity(model_path or shipped_onnx(VELOCITY_FILE), num_threads=num_threads)
+    providers = ort_providers(device)
+    v = OnnxVelocity(model_path or shipped_onnx(VELOCITY_FILE), num_threads=num_threads, providers=providers)
     return Backend(
         name="onnx",
         velocity=v,
         sampler=v.recommended_sampler(),
-        info={"model": str(v.path)},
+        info={"model": str(v.path), "device": providers},
     )
 
 
@@ -82,8 +127,13 @@ def generate(
     noise: np.ndarray | None = None,
     progress: bool = False,
     raw: bool = False,
+    callback: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Sample len(labels) digits; uint8 [N,28,28] (or the float model-space x when ``raw``)."""
+    """Sample len(labels) digits; uint8 [N,28,28] (or the float model-space x when ``raw``).
+
+    ``progress`` shows a tqdm bar on stderr; ``callback(done, total)`` is called after every ODE step of
+    every batch (the demo's progress), ``total`` = steps x batches.
+    """
     check_solver(solver, steps)
     check_cfg(cfg_scale)
     labels = check_labels(labels)
@@ -103,12 +153,20 @@ def generate(
             total=n * steps, desc=f"sample ({solver}, {steps} steps)", unit="img-step", file=sys.stderr
         )
     outs = []
+    total, done = steps * -(-n // batch_size), [0]
     try:
         for i in range(0, n, batch_size):
             xb = backend.to_native(x1[i : i + batch_size])
             yb = backend.to_native(np.asarray(labels[i : i + batch_size], dtype=np.int64))
             nb = len(labels[i : i + batch_size])
-            cb = (lambda s, total, nb=nb: bar.update(nb)) if bar else None
+
+            def cb(_step, _steps, nb=nb):
+                done[0] += 1
+                if bar:
+                    bar.update(nb)
+                if callback:
+                    callback(done[0], total)
+
             x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
             outs.append(backend.to_numpy(x0))
     finally:

@@ -74,14 +74,20 @@ def _velocity_runner(backend, cfg_scale, shift):
 
 
 def make_runner(
-    name: str, model_dir, onnx_dir: Path, num_threads: int | None, cfg_scale: float, shift: float
+    name: str,
+    model_dir,
+    onnx_dir: Path,
+    num_threads: int | None,
+    cfg_scale: float,
+    shift: float,
+    device: str = "cpu",
 ):
     """(run(noise, labels, steps) -> uint8 images, size in bytes, fixed steps or None) for one backend."""
-    from fm_edge.backends import Backend, torch_backend
+    from fm_edge.backends import Backend, ort_providers, torch_backend
     from fm_edge.model import resolve
 
     if name in ("torch-fp32", "torch-compiled", "torchao-int8"):
-        b = torch_backend(model_dir, num_threads)
+        b = torch_backend(model_dir, num_threads, device)
         size = (resolve(model_dir) / WEIGHTS).stat().st_size
         if name == "torch-compiled":
             import torch
@@ -106,9 +112,9 @@ def make_runner(
     from fm_edge.runtime import OnnxSampler, OnnxVelocity
 
     if name.startswith("ort"):
-        v = OnnxVelocity(path, num_threads=num_threads)
+        v = OnnxVelocity(path, num_threads=num_threads, providers=ort_providers(device))
         return _velocity_runner(Backend(name, v, {}), cfg_scale, shift), path.stat().st_size, None
-    s = OnnxSampler(path, num_threads=num_threads)
+    s = OnnxSampler(path, num_threads=num_threads, providers=ort_providers(device))
     if s.solver != "euler":
         raise UsageError(f"{name}: {str(path)!r} bakes in {s.solver}; the bench compares euler samplers")
     return (lambda noise, labels, steps: s(noise, labels, cfg_scale)), path.stat().st_size, s.steps
@@ -125,6 +131,7 @@ def bench(
     seed: int = 0,
     num_threads: int | None = None,
     isolate: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Every backend x NFE x batch size; ``isolate`` runs each backend in its own process."""
     from tqdm.auto import tqdm
@@ -144,12 +151,13 @@ def bench(
         if isolate:
             res = _in_subprocess(dict(backends=[name], model_dir=model_dir and str(model_dir), onnx_dir=str(onnx_dir),
                                       batch_sizes=list(batch_sizes), nfes=list(nfes), repeats=repeats,
-                                      quality_samples=quality_samples, seed=seed, num_threads=num_threads))  # fmt: skip
+                                      quality_samples=quality_samples, seed=seed, num_threads=num_threads,
+                                      device=device))  # fmt: skip
             rows += res["rows"]
             skipped.update(res["skipped"])
             continue
         try:
-            run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift)
+            run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift, device)
         except (ImportError, FmEdgeError, NotImplementedError) as exc:
             skipped[name] = str(exc).splitlines()[0]
             print(f"skip {name}: {skipped[name]}", file=sys.stderr)
@@ -297,6 +305,13 @@ def main(args) -> Path:
     batch_sizes, nfes = _ints(args.batch_sizes, "--batch-sizes"), _ints(args.nfe, "--nfe")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    from fm_edge.backends import check_device
+
+    device = check_device(getattr(args, "device", "auto"))
+    if device != "cpu":  # refuse --device cuda without CUDA before any work
+        from fm_edge.backends import torch_device
+
+        device = torch_device(device)
     if args.num_threads:
         import torch
 
@@ -311,6 +326,7 @@ def main(args) -> Path:
         args.quality_samples,
         args.seed,
         args.num_threads,
+        device=device,
     )
     out = Path(args.output_dir)
     from fm_edge.atomic import write_bytes

@@ -151,18 +151,20 @@ def train_classifier(
     return model.eval()
 
 
-def run_batches(model, images: np.ndarray, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def run_batches(
+    model, images: np.ndarray, batch_size: int = 1000, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """(features float64 [N,D], logits float32 [N,10]) for uint8 images, in eval mode without gradients."""
     import torch
 
     feats, logits = [], []
-    model.eval()
+    model.to(device).eval()
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], dtype=np.uint8))
+            xb = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], dtype=np.uint8)).to(device)
             f = model.features(xb)
-            feats.append(f.double().numpy())
-            logits.append(model.fc2(torch.relu(f)).numpy())
+            feats.append(f.double().cpu().numpy())
+            logits.append(model.fc2(torch.relu(f)).float().cpu().numpy())
     if not feats:
         return np.zeros((0, FEATURE_DIM)), np.zeros((0, 10), np.float32)
     return np.concatenate(feats), np.concatenate(logits)

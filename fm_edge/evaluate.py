@@ -51,8 +51,9 @@ def check_images(images) -> np.ndarray:
     return arr
 
 
-def evaluate_images(images, labels) -> dict:
-    """Evaluate uint8 [N,28,28] samples generated for ``labels`` (int [N], 0-9 or 10 = unconditional)."""
+def evaluate_images(images, labels, device: str = "cpu") -> dict:
+    """Evaluate uint8 [N,28,28] samples generated for ``labels`` (int [N], 0-9 or 10 = unconditional);
+    ``device`` is where the classifier runs."""
     images = check_images(images)
     labels = check_labels(labels)
     if labels.shape != (len(images),):
@@ -60,7 +61,7 @@ def evaluate_images(images, labels) -> dict:
     from fm_edge.classifier import feature_stats, run_batches
 
     model, stats, meta = _evaluator()
-    feats, logits = run_batches(model, images)
+    feats, logits = run_batches(model, images, device=device)
     pred = logits.argmax(1)
     n = len(images)
     cond = labels != NULL_LABEL
@@ -117,6 +118,11 @@ def main(args):
         raise UsageError("give a samples .npz to evaluate (or --nfe-curve)")
     from fm_edge.images import load_samples
 
+    if str(args.samples).lower().endswith(".png"):
+        raise UsageError(
+            f"{args.samples!r} is a picture: a grid cannot be evaluated (its labels are not in it); "
+            "sample to an .npz instead, e.g. fm-edge sample -o samples.npz, then fm-edge evaluate samples.npz"
+        )
     images, labels = load_samples(args.samples)
     check_labels(labels)
     if len(images) == 0:
@@ -125,10 +131,13 @@ def main(args):
         raise UsageError(f"--json {args.json!r} must end in .json")
     import torch
 
+    from fm_edge.backends import torch_device
+
+    device = torch_device(getattr(args, "device", "auto"))
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    print(f"evaluating {len(images)} samples from {args.samples}", file=sys.stderr)
-    report = evaluate_images(images, labels)
+    print(f"evaluating {len(images)} samples from {args.samples} ({device})", file=sys.stderr)
+    report = evaluate_images(images, labels, device=device)
     report["samples"] = str(args.samples)
     print(format_report(report), flush=True)
     if args.json:

@@ -1,25 +1,68 @@
-"""``fm-edge sample``: pick a backend by name, apply the flags over the model's recommended sampler, sample,
-and write an .npz or a PNG grid.
+"""``fm-edge sample``: pick a backend, apply the flags over the model's recommended sampler, sample, and write
+an .npz or a PNG grid.
+
+``--backend auto`` (the default) samples with ONNX Runtime when the checkpoint folder holds an export of the
+same weights in ``onnx/`` (the shipped one does): about 4x faster than torch eager on a laptop CPU at the same
+digits. Otherwise, and for ``--reference`` (dopri5 runs in torch), it uses torch.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from fm_edge.backends import Backend, generate, onnx_backend, torch_backend
+from fm_edge.backends import Backend, check_device, generate, onnx_backend, torch_backend
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_cfg, check_solver, nfe, time_grid
 
-BACKENDS = ("torch", "onnx", "torchao")
+BACKENDS = ("auto", "torch", "onnx", "torchao")
 
 
-def make_backend(name: str, model=None, num_threads: int | None = None) -> Backend:
+def exported_onnx(model) -> Path | None:
+    """The checkpoint's ``onnx/velocity.onnx`` when it was exported from the same weights, else None."""
+    from fm_edge.artifacts import VELOCITY_FILE, onnx_metadata, weights_hash
+    from fm_edge.model import resolve
+
+    ckpt = resolve(model)
+    path = ckpt / "onnx" / VELOCITY_FILE
+    if not path.is_file():
+        return None
+    return path if onnx_metadata(path).get("checkpoint_sha256") == weights_hash(ckpt) else None
+
+
+def pick_backend(name: str, model=None, reference: bool = False, device: str = "auto") -> str:
+    """The concrete backend ``auto`` stands for (see the module docstring)."""
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    if model is not None and str(model).endswith(".onnx"):
+        return "onnx"
+    if reference or device == "cuda":  # --device cuda means the torch GPU path; ORT-on-CUDA is --backend onnx
+        return "torch"
+    return "onnx" if exported_onnx(model) is not None else "torch"
+
+
+def make_backend(name: str, model=None, num_threads: int | None = None, device: str = "auto") -> Backend:
+    """A backend by concrete name; ``onnx`` on a checkpoint folder uses its own ``onnx/velocity.onnx``."""
     if name == "torch":
-        return torch_backend(model, num_threads)
+        return torch_backend(model, num_threads, device)
     if name == "onnx":
-        return onnx_backend(model, num_threads)
+        if model is not None and Path(model).is_dir():
+            onnx = exported_onnx(model)
+            if onnx is None:
+                raise UsageError(
+                    f"--model {str(model)!r} is a checkpoint folder without an export of its weights in onnx/: "
+                    f"run fm-edge export --model {model} -o {Path(model) / 'onnx'}, or pass a velocity .onnx"
+                )
+            model = onnx
+        elif model is None:
+            model = exported_onnx(None)
+        return onnx_backend(model, num_threads, device)
     if name == "torchao":  # int8 PT2E, rebuilt at load from the fp32 safetensors (no pickles)
+        if device == "cuda":
+            raise UsageError("--backend torchao runs on the CPU (X86 int8 kernels): use --device cpu or auto")
         from fm_edge.quantize.torchao_backend import sample_backend
 
         return sample_backend(model, num_threads)
@@ -53,7 +96,11 @@ def main(args):
     if args.backend not in BACKENDS:
         raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
     labels = default_labels(args.num_samples, args.label, args.unconditional)
-    backend = make_backend(args.backend, args.model, args.num_threads)
+    device = check_device(getattr(args, "device", "auto"))
+    name = pick_backend(args.backend, args.model, args.reference, device)
+    if args.reference and name != "torch":
+        raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
+    backend = make_backend(name, args.model, args.num_threads, device)
     s = resolve_sampler(args, backend.sampler)
     x = generate(
         backend,
@@ -69,12 +116,10 @@ def main(args):
     )
     print(
         f"{args.num_samples} samples, {s['solver']} x {s['steps']} steps = NFE {nfe(s['solver'], s['steps'])}, "
-        f"cfg {s['cfg_scale']}, backend {backend.name}",
+        f"cfg {s['cfg_scale']}, backend {backend.name} ({(backend.info or {}).get('device', 'cpu')})",
         file=sys.stderr,
     )
     if args.reference:
-        if backend.name != "torch":
-            raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
         from fm_edge.reference import distance_to_reference
 
         d = distance_to_reference(backend, x, labels, s["cfg_scale"], args.seed)

@@ -22,18 +22,21 @@ def build_demo(model_dir=None, **kwargs):
 
 def main(args):
     """``fm-edge demo``: build the page and serve it until interrupted."""
+    from fm_edge.backends import check_device
     from fm_edge.demo.app import build_demo as build
     from fm_edge.demo.app import launch
     from fm_edge.errors import UsageError
 
     if not 0 <= args.port <= 65535:  # checked before the models load
         raise UsageError(f"--port {args.port} is out of range: use 1-65535 (0 picks a free port)")
+    device = check_device(getattr(args, "device", "auto"))
     demo = build(
         args.model,
         checkpoint=getattr(args, "checkpoint", None),
         reference=False if getattr(args, "no_reference", False) else None,
         num_threads=args.num_threads,
         queue_size=getattr(args, "queue_size", 32),
+        device=device,
     )
     launch(demo, host=args.host, port=args.port)
     return None

@@ -147,7 +147,7 @@ def make_handler(models: DemoModels):
 
 def _where(folder: Path) -> str:
     """The model folder as a reader wants it: the shipped files by name, else relative to the cwd if inside."""
-    from fm_edge.runtime import SHIPPED_ONNX
+    from fm_edge.artifacts import SHIPPED_ONNX
 
     if folder.resolve() == SHIPPED_ONNX.resolve():
         return "the shipped compact-mnist ONNX files"
@@ -173,6 +173,7 @@ def build_demo(
     reference: bool | None = None,
     num_threads: int | None = None,
     queue_size: int = QUEUE_SIZE,
+    device: str = "cpu",
 ) -> gr.Blocks:
     """The demo over ``model_dir/velocity.onnx`` and ``velocity_int8.onnx`` (default: the shipped files).
 
@@ -181,7 +182,7 @@ def build_demo(
     """
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise UsageError(f"queue size must be a whole number >= 1, got {queue_size!r}")
-    models = load_models(model_dir, checkpoint, reference, num_threads)
+    models = load_models(model_dir, checkpoint, reference, num_threads, device)
     rec = models.sampler
     blocks_kw = {} if GRADIO_MAJOR >= 6 else {"css": CSS}
     with gr.Blocks(
@@ -191,9 +192,11 @@ def build_demo(
         with gr.Row():
             with gr.Column(scale=1, min_width=260):
                 digit = gr.Dropdown(DIGIT_CHOICES, value="cycle", label="digit", elem_id="digit")
-                num = gr.Slider(1, MAX_SAMPLES, value=16, step=1, label="number of samples", elem_id="num")
+                # the sliders start at 0, not 1: a typed 0 then reaches the validator and is refused in words,
+                # where a slider starting at 1 would silently clamp it
+                num = gr.Slider(0, MAX_SAMPLES, value=16, step=1, label="number of samples", elem_id="num")
                 steps = gr.Slider(
-                    1, MAX_STEPS, value=min(max(int(rec["steps"]), 1), MAX_STEPS), step=1, label="ODE steps"
+                    0, MAX_STEPS, value=min(max(int(rec["steps"]), 1), MAX_STEPS), step=1, label="ODE steps"
                 )
                 solver = gr.Dropdown(list(SOLVERS), value=rec["solver"], label="solver")
                 cfg = gr.Slider(
@@ -204,18 +207,27 @@ def build_demo(
                     randomize = gr.Checkbox(value=False, label="randomize", elem_id="randomize")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=3):
-                image = dict(type="numpy", format="png", interactive=False, elem_classes="fm-grid")
+                # titles above the grids, not gradio's label badge and toolbar, which cover the first row
+                image = dict(type="numpy", format="png", interactive=False, elem_classes="fm-grid",
+                             show_label=False, buttons=[])  # fmt: skip
                 with gr.Row(equal_height=True):
-                    out_fp32 = gr.Image(label=NAMES["fp32"], elem_id="grid-fp32", **image)
-                    out_int8 = gr.Image(label=NAMES["int8"], elem_id="grid-int8", **image)
+                    with gr.Column():
+                        gr.Markdown(f"**{NAMES['fp32']}**")
+                        out_fp32 = gr.Image(label=NAMES["fp32"], elem_id="grid-fp32", **image)
+                    with gr.Column():
+                        gr.Markdown(f"**{NAMES['int8']}**")
+                        out_int8 = gr.Image(label=NAMES["int8"], elem_id="grid-int8", **image)
                 with gr.Row(equal_height=True):
-                    out_ref = gr.Image(
-                        label=f"{NAMES['torch']} (reference)",
-                        elem_id="grid-torch",
-                        visible=models.reference is not None,
-                        **image,
-                    )
-                    out_heat = gr.Image(label="|int8 − fp32| per pixel", elem_id="heatmap", **image)
+                    with gr.Column(visible=models.reference is not None):
+                        gr.Markdown(f"**{NAMES['torch']} (reference)**")
+                        out_ref = gr.Image(
+                            label=f"{NAMES['torch']} (reference)", elem_id="grid-torch", **image
+                        )
+                    with gr.Column():
+                        gr.Markdown(
+                            "**|int8 − fp32| per pixel** (scale bar below: black 0 → pale yellow = max)"
+                        )
+                        out_heat = gr.Image(label="|int8 − fp32| per pixel", elem_id="heatmap", **image)
                 stats = gr.Markdown(models.reference_note and f"_{models.reference_note}_", elem_id="stats")
                 with gr.Accordion("all numbers (JSON)", open=False):
                     metrics = gr.JSON(label="metrics")

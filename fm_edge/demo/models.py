@@ -53,8 +53,8 @@ def torch_importable() -> bool:
 class Reference:
     """The PyTorch fp32 backend, loaded in a background thread; :meth:`get` waits for it."""
 
-    def __init__(self, checkpoint: Path, num_threads: int | None):
-        self.checkpoint = checkpoint
+    def __init__(self, checkpoint: Path, num_threads: int | None, device: str = "cpu"):
+        self.checkpoint, self.device = checkpoint, device
         self._backend: Backend | None = None
         self._error: str | None = None
         self._thread = threading.Thread(target=self._load, args=(num_threads,), daemon=True)
@@ -64,7 +64,7 @@ class Reference:
         try:
             from fm_edge.backends import torch_backend
 
-            b = torch_backend(self.checkpoint, num_threads=num_threads)
+            b = torch_backend(self.checkpoint, num_threads=num_threads, device=self.device)
             b.name = NAMES["torch"]
             self._backend = b
         except Exception as exc:  # shown on the page; the ONNX columns still work
@@ -105,10 +105,11 @@ class DemoModels:
         return out
 
 
-def _onnx_backend(path: Path, name: str, num_threads: int | None) -> Backend:
+def _onnx_backend(path: Path, name: str, num_threads: int | None, device: str = "cpu") -> Backend:
+    from fm_edge.backends import ort_providers
     from fm_edge.runtime import OnnxVelocity
 
-    v = OnnxVelocity(path, num_threads=num_threads)
+    v = OnnxVelocity(path, num_threads=num_threads, providers=ort_providers(device))
     # one batch-1 call, so that the first request's latency is not ORT's lazy initialisation
     x = np.zeros((1, 1, 32, 32), np.float32)
     v(x, 1.0, np.zeros(1, np.int64))
@@ -126,7 +127,9 @@ def _default_checkpoint(folder: Path) -> Path:
     return parent if (parent / "config.json").is_file() else SHIPPED
 
 
-def _reference(folder: Path, fp32: Backend, checkpoint, want: bool | None, num_threads) -> tuple:
+def _reference(
+    folder: Path, fp32: Backend, checkpoint, want: bool | None, num_threads, device="cpu"
+) -> tuple:
     """(Reference or None, note): the PyTorch column when wanted and possible."""
     if want is False:
         return None, "PyTorch reference off (--no-reference)"
@@ -145,11 +148,15 @@ def _reference(folder: Path, fp32: Backend, checkpoint, want: bool | None, num_t
         if want or checkpoint is not None:
             raise UsageError(msg)
         return None, f"PyTorch reference off: {msg}"
-    return Reference(ckpt, num_threads), ""
+    return Reference(ckpt, num_threads, device), ""
 
 
 def load_models(
-    model_dir=None, checkpoint=None, reference: bool | None = None, num_threads: int | None = None
+    model_dir=None,
+    checkpoint=None,
+    reference: bool | None = None,
+    num_threads: int | None = None,
+    device: str = "cpu",
 ) -> DemoModels:
     """Open both ONNX files (and start loading the PyTorch reference when ``reference`` is not False).
 
@@ -157,15 +164,15 @@ def load_models(
     torch or checkpoint an error.
     """
     folder = model_folder(model_dir)
-    fp32 = _onnx_backend(folder / FP32_FILE, NAMES["fp32"], num_threads)
-    int8 = _onnx_backend(folder / INT8_FILE, NAMES["int8"], num_threads)
+    fp32 = _onnx_backend(folder / FP32_FILE, NAMES["fp32"], num_threads, device)
+    int8 = _onnx_backend(folder / INT8_FILE, NAMES["int8"], num_threads, device)
     a, b = (m.velocity.metadata.get("checkpoint_sha256") for m in (fp32, int8))
     if a and b and a != b:  # a comparison of two different nets would mislead
         raise UsageError(
             f"{str(folder / INT8_FILE)!r} was quantized from other weights than {FP32_FILE}: "
             f"run fm-edge export --int8 -o {folder} again"
         )
-    ref, note = _reference(folder, fp32, checkpoint, reference, num_threads)
+    ref, note = _reference(folder, fp32, checkpoint, reference, num_threads, device)
     sizes = {fp32.name: os.path.getsize(folder / FP32_FILE), int8.name: os.path.getsize(folder / INT8_FILE)}
     if ref is not None:
         sizes[NAMES["torch"]] = os.path.getsize(ref.checkpoint / WEIGHTS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 import types
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -269,8 +270,17 @@ def build_velocity(
 
         inductor_config.freezing = True  # lets Inductor constant-fold the int8 weights into oneDNN kernels
         module = torch.compile(module, dynamic=False)
+        print(
+            "torchao: compiling the int8 UNet with torch.compile (Inductor, once per process and batch size; "
+            "a few minutes on 2 cores)...",
+            file=log,
+            flush=True,
+        )
+    t0 = time.perf_counter()
     with torch.no_grad():
         got = module(*feeds).numpy()
+    if recipe.compile:
+        print(f"torchao: compiled in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
     report.update(method=recipe.method, velocity_sqnr_db=round(sqnr_db(ref, got), 2), calibration=traj.meta)
     print(f"torchao {recipe.method}: velocity SQNR vs fp32 {report['velocity_sqnr_db']:.1f} dB", file=log)
     return TorchaoVelocity(module, recipe, report)
