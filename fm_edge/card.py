@@ -5,6 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fm_edge.artifacts import SHIPPED
+
+#: The Hub's front matter: library and task, and diffusers' ``diffusers:<pipeline class>`` tag.
+TAGS = ["flow-matching", "mnist", "class-conditional", "fm-edge", "diffusers:FmEdgePipeline"]
+
+
+def _where(folder: Path) -> str:
+    """How the usage snippet names the folder: the shipped one by its repo path, any other by a placeholder."""
+    try:
+        return (
+            "fm_edge/checkpoints/compact-mnist"
+            if Path(folder).resolve() == SHIPPED.resolve()
+            else "path/to/this/folder"
+        )
+    except OSError:
+        return "path/to/this/folder"
+
 
 def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
     """Render README.md for a checkpoint from its fm_edge config and (optionally) measured quality."""
@@ -14,7 +31,8 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "---",
         "library_name: diffusers",
         "license: mit",
-        "tags: [flow-matching, mnist, unconditional-image-generation, fm-edge]",
+        "tags:",
+        *[f"- {t}" for t in TAGS],
         "datasets: [ylecun/mnist]",
         "pipeline_tag: unconditional-image-generation",
         "---",
@@ -34,7 +52,25 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "## Recommended sampler",
         "",
         f"`{s.get('solver')}`, {s.get('steps')} steps, CFG scale {s.get('cfg_scale')}, "
-        f"time shift {s.get('shift', 1.0)}.",
+        f"time shift {s.get('shift', 1.0)}."
+        + (
+            f" Guidance-distilled at scale {s.get('distilled_cfg_scale')}: one forward pass per step, no CFG batch."
+            if s.get("guidance") == "distilled"
+            else ""
+        ),
+        "",
+        "## Use with diffusers",
+        "",
+        "`FmEdgePipeline` (in the `fm-edge` package) runs diffusers' `FlowMatchEulerDiscreteScheduler` on fm-edge's",
+        "time grid, with the recommended sampler as its defaults:",
+        "",
+        "```python",
+        "from fm_edge.diffusers_pipeline import FmEdgePipeline",
+        f'pipe = FmEdgePipeline.from_pretrained("{_where(folder)}")',
+        "images = pipe(class_labels=[3, 7]).images  # two 28x28 PIL images",
+        "```",
+        "",
+        "`pipe.save_pretrained(out)` writes the standard pipeline folder (model_index.json, unet/, scheduler/).",
         "",
         "## Training recipe",
         "",

@@ -110,3 +110,43 @@ def test_reference_distance_shrinks_with_steps(tiny_ckpt):
         for n in (1, 4, 16)
     ]
     assert d[0] > d[1] > d[2]
+
+
+def test_nfe_curve_command_writes_json_and_png(tiny_ckpt, tmp_path, capsys):
+    """The README's ``fm-edge evaluate --nfe-curve`` path end to end (it once passed its settings one slot off)."""
+    import json
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--nfe-curve", "--model", str(tiny_ckpt), "--solvers", "euler,heun", "--steps-list",
+            "1,2", "--num-samples", "12", "--reference-samples", "3", "-o", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    result = json.loads((out / "nfe_curve.json").read_text())
+    assert [(r["solver"], r["steps"], r["nfe"]) for r in result["rows"]] == [
+        ("euler", 1, 1), ("euler", 2, 2), ("heun", 1, 1), ("heun", 2, 3)
+    ]  # fmt: skip
+    assert result["n"] == 12 and result["reference"]["n"] == 3
+    assert all(r["cfg_scale"] == 1.5 for r in result["rows"])  # the checkpoint's recommendation
+    assert (out / "nfe_curve.png").stat().st_size > 1000
+
+
+def test_backend_auto_uses_onnx_when_the_checkpoint_has_its_export(tiny_ckpt, tiny_onnx, tmp_path, capsys):
+    import shutil
+
+    from fm_edge.sample import pick_backend
+
+    assert pick_backend("auto", tiny_ckpt) == "torch"  # no onnx/ beside it
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_ckpt, ckpt)
+    shutil.copytree(tiny_onnx, ckpt / "onnx")
+    assert pick_backend("auto", ckpt) == "onnx"
+    assert pick_backend("auto", ckpt, reference=True) == "torch"  # dopri5 runs in torch
+    (ckpt / "diffusion_pytorch_model.safetensors").write_bytes(
+        (ckpt / "diffusion_pytorch_model.safetensors").read_bytes()[:-8] + b"\0" * 8
+    )  # other weights: the export is stale, so auto falls back to torch
+    assert pick_backend("auto", ckpt) == "torch"
+    for device in ("auto", "cpu"):
+        out = tmp_path / f"{device}.npz"
+        assert main(["sample", "--model", str(tiny_ckpt), "--num-samples", "3", "--device", device,
+                     "-o", str(out)]) == 0  # fmt: skip
+        assert out.is_file()
+    assert "backend torch (cpu)" in capsys.readouterr().err

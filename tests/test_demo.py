@@ -120,7 +120,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(demo_onnx, tiny_ckpt):
     """The demo (with the PyTorch reference) served in this process: (Blocks, url)."""
-    from fm_edge.demo import build_demo
+    from fm_edge.demo.command import build_demo
     from fm_edge.demo.app import launch
 
     demo = build_demo(demo_onnx, checkpoint=tiny_ckpt, num_threads=1)
@@ -358,7 +358,7 @@ def _browser_models(demo_onnx, tiny_ckpt):
 @pytest.mark.browser
 def test_browser_pick_digit_generate_both_grids(demo_onnx, tiny_ckpt, tmp_path):
     sync_playwright = _browser_or_skip()
-    from fm_edge.demo import build_demo
+    from fm_edge.demo.command import build_demo
     from fm_edge.demo.app import launch
 
     model_dir, ckpt = _browser_models(demo_onnx, tiny_ckpt)

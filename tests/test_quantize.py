@@ -269,6 +269,9 @@ def test_shipped_int8_files_are_a_fresh_int8_export(tmp_path):
     import io
     import shutil
 
+    import onnx
+    from onnx import numpy_helper
+
     from fm_edge.artifacts import SHIPPED
     from fm_edge.quantize.pipeline import quantize_export
     from fm_edge.runtime import OnnxSampler, OnnxVelocity
@@ -285,10 +288,73 @@ def test_shipped_int8_files_are_a_fresh_int8_export(tmp_path):
     # the same noise through the shipped and the fresh int8 sampler gives the same digits
     noise = np.random.default_rng(7).standard_normal((32, 1, 32, 32), dtype=np.float32)
     labels = np.arange(32) % 11
+    # the quantized graphs match: same nodes, int8 weights bit for bit, float scales to float rounding. The
+    # fp32 calibration runs on this CPU's kernels (AVX2 or AVX512/AMX round differently), so a range may move
+    # by an ulp; a checkpoint with other weights or another recipe changes the int8 weights outright.
+    ga, gb = onnx.load(shipped / "velocity_int8.onnx").graph, onnx.load(tmp_path / "velocity_int8.onnx").graph
+    assert [(n.op_type, list(n.input)) for n in ga.node] == [(n.op_type, list(n.input)) for n in gb.node]
+    wa = {i.name: numpy_helper.to_array(i) for i in ga.initializer}
+    wb = {i.name: numpy_helper.to_array(i) for i in gb.initializer}
+    assert wa.keys() == wb.keys()
+    for name, w in wa.items():
+        if w.dtype in (np.int8, np.uint8, np.int32, np.int64):
+            assert np.array_equal(w, wb[name]), name
+        else:
+            np.testing.assert_allclose(wb[name], w, rtol=1e-5, atol=1e-7, err_msg=name)
+    # so the same noise gives the same digits, up to rounding flips that 4 ODE steps carry along (seen: min
+    # PSNR 31.8 dB of 32 digits on a Xeon with AMX for files made on an AVX2 EPYC)
     a = OnnxSampler(shipped / "sampler_int8.onnx", num_threads=2)(noise, labels)
     b = OnnxSampler(tmp_path / "sampler_int8.onnx", num_threads=2)(noise, labels)
-    assert psnr_db(a, b).min() >= 40
+    ps = psnr_db(a, b)
+    assert np.median(ps) >= 40 and ps.min() >= 25
     x = noise[:8]
     va = OnnxVelocity(shipped / "velocity_int8.onnx")(x, 0.5, labels[:8])
     vb = OnnxVelocity(tmp_path / "velocity_int8.onnx")(x, 0.5, labels[:8])
     assert sqnr_db(va, vb) >= 30
+
+
+# -- the VNNI/AMX recipe (issue 12) ---------------------------------------------------------------------
+
+
+def test_conditioning_adds_are_the_time_embedding_adds(onnx_dir):
+    import onnx
+
+    m = onnx.load(onnx_dir / "velocity.onnx")
+    r = graph.roles(m)
+    ops = {n.name: n.op_type for n in m.graph.node}
+    n_resnets = sum("time_emb_proj" in n for n in ops if ops[n] == "Gemm")
+    assert n_resnets > 0 and len(r["conditioning_add"]) == n_resnets
+    assert {ops[n] for n in r["conditioning_add"]} == {"Add"}
+    assert not set(r["conditioning_add"]) & set(r["conditioning"])  # they do see the image
+
+
+def test_vnni_recipe_keeps_conditioning_adds_in_float(onnx_dir, int8_path, traj, tmp_path):
+    import collections
+
+    import onnx
+
+    from fm_edge.quantize.ort_int8 import quantize_velocity
+
+    fp32 = onnx_dir / "velocity.onnx"
+    out = tmp_path / "velocity_int8_vnni.onnx"
+    facts = quantize_velocity(fp32, out, traj, "vnni")
+    r = recipe.get("vnni")
+    assert not r.reduce_range and "conditioning_add" in r.exclude_roles
+    cond_adds = set(graph.roles(onnx.load(fp32))["conditioning_add"])
+    assert set(facts["excluded_nodes"]["conditioning_add"]) == cond_adds
+    q = onnx.load(out)
+    consumers = collections.defaultdict(list)
+    for n in q.graph.node:
+        for i in n.input:
+            consumers[i].append(n.op_type)
+    for n in q.graph.node:
+        if n.name in cond_adds:  # a float Add whose output is not re-quantized
+            assert n.op_type == "Add" and "QuantizeLinear" not in consumers[n.output[0]]
+    # one Q/DQ pair fewer per conditioning add than the default recipe (which runs them as QLinearAdd)
+    count = collections.Counter(n.op_type for n in q.graph.node)
+    base = collections.Counter(n.op_type for n in onnx.load(int8_path).graph.node)
+    assert count["QuantizeLinear"] < base["QuantizeLinear"]
+    from fm_edge.runtime import OnnxVelocity
+
+    held = calibrate.collect(OnnxVelocity(fp32), 11, SOLVER, STEPS, CFG, seed=7)
+    assert sqnr.output_sqnr(fp32, out, held.feeds()) > 15

@@ -1,0 +1,100 @@
+"""The README as a newcomer uses it: every Python snippet runs as pasted, every ``fm-edge`` command line in
+it parses, and the main job (sample 1,000, evaluate, export) runs verbatim."""
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fm_edge.artifacts import SHIPPED_ONNX
+from fm_edge.cli import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
+
+
+def blocks(lang: str) -> list[str]:
+    return [body for kind, body in BLOCK.findall(README.read_text()) if kind == lang]
+
+
+def fm_edge_commands() -> list[str]:
+    """Every ``fm-edge ...`` command of the bash blocks (chains split at &&, comments and line ends joined)."""
+    out = []
+    for body in blocks("bash"):
+        for line in body.replace("\\\n", " ").splitlines():
+            for part in line.split("&&"):
+                part = part.split("  #")[0].strip()
+                if part.startswith("fm-edge "):
+                    out.append(part)
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """What a newcomer's working directory holds after the main job: the export in onnx/ (the shipped files
+    are a fresh export of the shipped checkpoint, tested in test_export.py)."""
+    shutil.copytree(SHIPPED_ONNX, tmp_path / "onnx")
+    return tmp_path
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(README.parent))
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_snippet_runs_as_pasted(index, workdir):
+    code = blocks("python")[index]
+    server = None
+    if "127.0.0.1:7860" in code:  # the gradio_client snippet talks to a running demo
+        if not _port_free(7860):
+            pytest.skip("port 7860 is taken on this machine")
+        server = subprocess.Popen([sys.executable, "-m", "fm_edge.cli", "demo", "--no-reference"], cwd=workdir,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 120
+        while _port_free(7860) and time.time() < deadline and server.poll() is None:
+            time.sleep(0.5)
+    try:
+        r = run_python(code, workdir)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    assert r.returncode == 0, f"README python block {index} failed:\n{code}\n{r.stderr[-2000:]}"
+
+
+def test_every_fm_edge_command_in_the_readme_parses():
+    commands = fm_edge_commands()
+    assert len(commands) >= 10  # the extraction found them
+    parser = build_parser()
+    for cmd in commands:
+        try:
+            parser.parse_args(shlex.split(cmd)[1:])
+        except SystemExit as exc:
+            pytest.fail(f"README command does not parse ({exc.code}): {cmd}")
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_verbatim(tmp_path):
+    main_job = next(b for b in blocks("bash") if "fm-edge sample --num-samples 1000" in b).strip()
+    install, _, rest = main_job.partition(" && ")
+    assert install.startswith("pip install")  # CI has installed the package; the rest runs as written
+    r = subprocess.run(rest, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "FD vs MNIST test" in r.stdout
+    assert {p.name for p in (tmp_path / "onnx").iterdir()} >= {"velocity.onnx", "sampler.onnx"}
+    assert (tmp_path / "samples.npz").is_file()
