@@ -32,6 +32,8 @@ class Backend:
     to_native: Callable = lambda a: a
     to_numpy: Callable = lambda a: a
     info: dict | None = None
+    #: a whole-solve replacement for fm_edge.solvers.sample (the CUDA-graph solver), or None
+    solve: Callable | None = None
 
 
 def make_noise(n: int, seed: int) -> np.ndarray:
@@ -76,7 +78,15 @@ def ort_providers(device: str = "auto") -> str:
     return "cuda" if device == "cuda" or (device == "auto" and have) else "cpu"
 
 
-def torch_backend(model_dir=None, num_threads: int | None = None, device: str = "cpu") -> Backend:
+def torch_backend(
+    model_dir=None,
+    num_threads: int | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    cuda_graphs: bool | None = None,
+) -> Backend:
+    """PyTorch eager (CPU or CUDA); on CUDA each fixed-shape solve is replayed from a CUDA graph unless
+    ``cuda_graphs=False``; ``bf16`` autocasts the UNet."""
     import torch
 
     from fm_edge.artifacts import recommended_sampler
@@ -86,9 +96,16 @@ def torch_backend(model_dir=None, num_threads: int | None = None, device: str = 
     if num_threads:
         torch.set_num_threads(num_threads)
     model, fm = load(model_dir, device=device)
+    velocity = velocity_fn(model, bf16=bf16)
+    solve = None
+    if device == "cuda" and cuda_graphs is not False:
+        from fm_edge.cuda_graphs import GraphedSolver
+
+        solve = GraphedSolver(velocity)
     return Backend(
         name="torch",
-        velocity=velocity_fn(model),
+        velocity=velocity,
+        solve=solve,
         sampler=recommended_sampler(fm.get("sampler")),
         to_native=lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device),
         to_numpy=lambda a: a.detach().float().cpu().numpy(),
@@ -97,6 +114,8 @@ def torch_backend(model_dir=None, num_threads: int | None = None, device: str = 
             "preset": fm.get("preset"),
             "module": model,
             "device": device,
+            "bf16": bf16,
+            "cuda_graphs": solve is not None,
         },
     )
 
@@ -167,7 +186,12 @@ def generate(
                 if callback:
                     callback(done[0], total)
 
-            x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
+            if backend.solve is not None:  # one replay does every step
+                x0 = backend.solve(xb, yb, steps, solver, cfg_scale, shift)
+                for s in range(steps):
+                    cb(s + 1, steps)
+            else:
+                x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
             outs.append(backend.to_numpy(x0))
     finally:
         if bar:

@@ -11,6 +11,7 @@ columns) is its own. Writes bench.json, bench.png and prints a table.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ ALL_BACKENDS = (
     "sampler-fp32",
     "sampler-int8",
 )
+#: by name only: torch fp32 on CUDA without CUDA graphs, and torch with bf16 autocast
+EXTRA_BACKENDS = ("torch-eager", "torch-bf16")
 ONNX_FILES = {
     "ort-fp32": VELOCITY_FILE,
     "ort-int8": VELOCITY_INT8,
@@ -86,8 +89,12 @@ def make_runner(
     from fm_edge.backends import Backend, ort_providers, torch_backend
     from fm_edge.model import resolve
 
-    if name in ("torch-fp32", "torch-compiled", "torchao-int8"):
-        b = torch_backend(model_dir, num_threads, device)
+    if name in ("torch-fp32", "torch-compiled", "torchao-int8", "torch-eager", "torch-bf16"):
+        if name == "torch-eager" and device != "cuda":
+            raise NotImplementedError("torch-eager differs from torch-fp32 only on CUDA (no CUDA graphs)")
+        b = torch_backend(
+            model_dir, num_threads, device, bf16=name == "torch-bf16", cuda_graphs=name != "torch-eager"
+        )
         size = (resolve(model_dir) / WEIGHTS).stat().st_size
         if name == "torch-compiled":
             import torch
@@ -132,8 +139,13 @@ def bench(
     num_threads: int | None = None,
     isolate: bool = True,
     device: str = "cpu",
+    memory_cap_gb: float | None = None,
 ) -> dict:
-    """Every backend x NFE x batch size; ``isolate`` runs each backend in its own process."""
+    """Every backend x NFE x batch size; ``isolate`` runs each backend in its own process.
+
+    On CUDA, ``memory_cap_gb`` caps the process (``torch.cuda.set_per_process_memory_fraction``: an allocation
+    beyond it fails as on a card of that size) and each row records the peak GPU memory it allocated.
+    """
     from tqdm.auto import tqdm
 
     from fm_edge.artifacts import recommended_sampler, shipped_onnx
@@ -152,10 +164,11 @@ def bench(
             res = _in_subprocess(dict(backends=[name], model_dir=model_dir and str(model_dir), onnx_dir=str(onnx_dir),
                                       batch_sizes=list(batch_sizes), nfes=list(nfes), repeats=repeats,
                                       quality_samples=quality_samples, seed=seed, num_threads=num_threads,
-                                      device=device))  # fmt: skip
+                                      device=device, memory_cap_gb=memory_cap_gb))  # fmt: skip
             rows += res["rows"]
             skipped.update(res["skipped"])
             continue
+        gpu = _GpuMemory(device, memory_cap_gb)
         try:
             run, size, fixed = make_runner(name, model_dir, onnx_dir, num_threads, cfg_scale, shift, device)
         except (ImportError, FmEdgeError, NotImplementedError) as exc:
@@ -168,6 +181,7 @@ def bench(
                 continue
             for b in batch_sizes:
                 noise, labels = make_noise(b, seed), default_labels(b)
+                gpu.reset()
                 with PeakRSS() as mem, tqdm(total=repeats, desc=f"{name} b{b} nfe{nfe}", file=sys.stderr,
                                             leave=False) as bar:  # fmt: skip
                     # the warm-up call also absorbs torch.compile's compilation
@@ -183,6 +197,7 @@ def bench(
                         "images_per_s": b / med,
                         "peak_rss_mb": round(mem.peak_mb, 1),
                         "model_bytes": size,
+                        **gpu.row(),
                     }
                 )
         # quality after the timings: the evaluator (torch) is not in the backend's memory figures
@@ -217,6 +232,32 @@ def bench(
         "rows": rows,
         "skipped": skipped,
     }
+
+
+class _GpuMemory:
+    """Peak CUDA memory per bench cell (a no-op on the CPU); applies the memory cap once."""
+
+    def __init__(self, device: str, cap_gb: float | None):
+        self.on = device == "cuda"
+        if not self.on:
+            return
+        import torch
+
+        self.torch = torch
+        total = torch.cuda.get_device_properties(0).total_memory
+        if cap_gb:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * 2**30 / total))
+        self.info = {"gpu": torch.cuda.get_device_name(0), "memory_cap_gb": cap_gb}
+
+    def reset(self) -> None:
+        if self.on:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def row(self) -> dict:
+        if not self.on:
+            return {}
+        return {**self.info, "peak_gpu_mb": round(self.torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 def _in_subprocess(kwargs: dict) -> dict:
@@ -299,12 +340,16 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 
 def main(args) -> Path:
     backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else ALL_BACKENDS
-    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    unknown = [b for b in backends if b not in ALL_BACKENDS + EXTRA_BACKENDS]
     if unknown:
-        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {', '.join(ALL_BACKENDS)}")
+        known = ", ".join(ALL_BACKENDS + EXTRA_BACKENDS)
+        raise UsageError(f"unknown backend {unknown[0]!r}: choose from {known}")
     batch_sizes, nfes = _ints(args.batch_sizes, "--batch-sizes"), _ints(args.nfe, "--nfe")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    cap = getattr(args, "memory_cap_gb", None)
+    if cap is not None and not (math.isfinite(cap) and cap > 0):
+        raise UsageError(f"--memory-cap-gb {cap} must be a finite number of GiB > 0, e.g. 10")
     from fm_edge.backends import check_device
 
     device = check_device(getattr(args, "device", "auto"))
@@ -327,12 +372,16 @@ def main(args) -> Path:
         args.seed,
         args.num_threads,
         device=device,
+        memory_cap_gb=getattr(args, "memory_cap_gb", None),
     )
     out = Path(args.output_dir)
     from fm_edge.atomic import write_bytes
 
     write_bytes(out / "bench.json", (json.dumps(result, indent=1) + "\n").encode())
-    plot(result, out / "bench.png")
+    try:
+        plot(result, out / "bench.png")
+    except ImportError:  # a bare GPU image: the JSON and the table are the results, the plot is a view
+        print("bench: matplotlib is not installed, so no bench.png (pip install 'fm-edge[bench]')", file=sys.stderr)
     print(markdown_table(result))
     return out / "bench.json"
 

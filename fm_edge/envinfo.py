@@ -7,6 +7,7 @@ import platform
 import sys
 
 from fm_edge import __version__
+from fm_edge.quantize.cpu import isa_seen
 
 PACKAGES = (
     "numpy",
@@ -19,28 +20,17 @@ PACKAGES = (
     "torchao",
     "gradio",
 )
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The int8/bf16-relevant ISA extensions this CPU reports (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in ISA_FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
 
 
 def collect() -> dict:
+    isa = isa_seen()
     info = {
         "fm_edge": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu_flags": cpu_flags(),
+        "cpu": isa["model"],
+        "cpu_flags": isa["flags"],
+        "int8_path": isa["int8_path"],
     }
     for name in PACKAGES:
         try:

@@ -3,7 +3,8 @@ an .npz or a PNG grid.
 
 ``--backend auto`` (the default) samples with ONNX Runtime when the checkpoint folder holds an export of the
 same weights in ``onnx/`` (the shipped one does): about 4x faster than torch eager on a laptop CPU at the same
-digits. Otherwise, and for ``--reference`` (dopri5 runs in torch), it uses torch.
+digits. On a machine where torch sees a GPU, with ``--device cuda``, ``--bf16`` or ``--reference`` (dopri5
+runs in torch), and for a checkpoint without an export, it uses torch.
 """
 
 from __future__ import annotations
@@ -39,15 +40,30 @@ def pick_backend(name: str, model=None, reference: bool = False, device: str = "
         return name
     if model is not None and str(model).endswith(".onnx"):
         return "onnx"
-    if reference or device == "cuda":  # --device cuda means the torch GPU path; ORT-on-CUDA is --backend onnx
-        return "torch"
+    if reference or device == "cuda" or (device == "auto" and _torch_sees_cuda()):
+        return "torch"  # on a GPU, torch with CUDA graphs; ORT on CUDA is --backend onnx with onnxruntime-gpu
     return "onnx" if exported_onnx(model) is not None else "torch"
 
 
-def make_backend(name: str, model=None, num_threads: int | None = None, device: str = "auto") -> Backend:
+def _torch_sees_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:  # laptop mode: ONNX Runtime only
+        return False
+    return torch.cuda.is_available()
+
+
+def make_backend(
+    name: str, model=None, num_threads: int | None = None, device: str = "auto", bf16: bool = False,
+    cuda_graphs: bool | None = None,
+) -> Backend:  # fmt: skip
     """A backend by concrete name; ``onnx`` on a checkpoint folder uses its own ``onnx/velocity.onnx``."""
+    if bf16 and name != "torch":
+        raise UsageError(
+            f"--bf16 is for --backend torch, not {name} (int8 and ONNX files keep their own types)"
+        )
     if name == "torch":
-        return torch_backend(model, num_threads, device)
+        return torch_backend(model, num_threads, device, bf16=bf16, cuda_graphs=cuda_graphs)
     if name == "onnx":
         if model is not None and Path(model).is_dir():
             onnx = exported_onnx(model)
@@ -97,10 +113,12 @@ def main(args):
         raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
     labels = default_labels(args.num_samples, args.label, args.unconditional)
     device = check_device(getattr(args, "device", "auto"))
-    name = pick_backend(args.backend, args.model, args.reference, device)
+    bf16 = getattr(args, "bf16", False)
+    name = pick_backend(args.backend, args.model, args.reference or bf16, device)
     if args.reference and name != "torch":
         raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
-    backend = make_backend(name, args.model, args.num_threads, device)
+    graphs = False if getattr(args, "no_cuda_graphs", False) else None
+    backend = make_backend(name, args.model, args.num_threads, device, bf16, graphs)
     s = resolve_sampler(args, backend.sampler)
     x = generate(
         backend,

@@ -8,6 +8,17 @@ import pytest
 TINY_DATA = Path(__file__).parent / "data" / "mnist_tiny"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads each run far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_data() -> str:
     return str(TINY_DATA)

@@ -52,47 +52,17 @@ def test_dataset_path_without_mnist(tmp_path, capsys):
 
 
 def test_sample_writes_npz_and_png(tiny_ckpt, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "sample",
-                "--model",
-                str(tiny_ckpt),
-                "--num-samples",
-                "12",
-                "-o",
-                str(tmp_path / "s.npz"),
-                "--steps",
-                "2",
-                "--num-threads",
-                "1",
-            ]
-        )
-        == 0
-    )
+    model = ["sample", "--model", str(tiny_ckpt)]
+    first = [*model, "--num-samples", "12", "--steps", "2", "--num-threads", "1"]
+    assert main([*first, "-o", str(tmp_path / "s.npz")]) == 0
     out = capsys.readouterr()
     assert out.out.strip().splitlines()[-1] == str(tmp_path / "s.npz")  # the artifact path is printed last
     assert "NFE 3" in out.err  # heun (recommended) x 2 steps: its final step is an Euler step
     with np.load(tmp_path / "s.npz") as z:
         assert z["images"].shape == (12, 28, 28) and z["images"].dtype == np.uint8
         assert z["labels"].dtype == np.int64 and list(z["labels"][:11]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
-    assert (
-        main(
-            [
-                "sample",
-                "--model",
-                str(tiny_ckpt),
-                "--num-samples",
-                "3",
-                "--unconditional",
-                "-o",
-                str(tmp_path / "s.png"),
-                "--steps",
-                "1",
-            ]
-        )
-        == 0
-    )
+    grid = [*model, "--num-samples", "3", "--unconditional", "--steps", "1"]
+    assert main([*grid, "-o", str(tmp_path / "s.png")]) == 0
     from PIL import Image
 
     assert Image.open(tmp_path / "s.png").size[1] == 28 + 4  # one row of 3 with 2-px borders

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'fm-edge[demo]'")
 
-from fm_edge.demo.compare import MIN_HEAT_RANGE, grid_scale, heatmap, tile  # noqa: E402
+from fm_edge.demo.compare import MIN_HEAT_RANGE, colour_bar, grid_scale, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import MAX_SAMPLES, MAX_STEPS, parse  # noqa: E402
 from fm_edge.demo.models import FP32_FILE, INT8_FILE, model_folder  # noqa: E402
 from fm_edge.errors import UsageError  # noqa: E402
@@ -120,8 +120,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(demo_onnx, tiny_ckpt):
     """The demo (with the PyTorch reference) served in this process: (Blocks, url)."""
-    from fm_edge.demo.command import build_demo
     from fm_edge.demo.app import launch
+    from fm_edge.demo.command import build_demo
 
     demo = build_demo(demo_onnx, checkpoint=tiny_ckpt, num_threads=1)
     _, url, _ = launch(demo, port=free_port(), prevent_thread_lock=True, quiet=True)
@@ -286,7 +286,8 @@ def test_int8_close_to_fp32_from_the_same_noise(client):
     for b in metrics["backends"].values():
         assert b["ms_per_image"] > 0 and b["model_bytes"] > 0
     assert "latency per image" in stats and "max |diff|" in stats and "model size" in stats
-    assert read_png(heat).shape == g32.shape
+    h = read_png(heat)  # the grid's layout, with the colour scale under it
+    assert h.shape == (g32.shape[0] + colour_bar(g32.shape[1], 16).shape[0], g32.shape[1])
 
 
 def test_randomize_reports_the_seed_used(client):
@@ -358,8 +359,8 @@ def _browser_models(demo_onnx, tiny_ckpt):
 @pytest.mark.browser
 def test_browser_pick_digit_generate_both_grids(demo_onnx, tiny_ckpt, tmp_path):
     sync_playwright = _browser_or_skip()
-    from fm_edge.demo.command import build_demo
     from fm_edge.demo.app import launch
+    from fm_edge.demo.command import build_demo
 
     model_dir, ckpt = _browser_models(demo_onnx, tiny_ckpt)
     demo = build_demo(model_dir, checkpoint=ckpt, num_threads=1)

@@ -62,8 +62,8 @@ class Gate:
 @pytest.fixture(scope="module")
 def served(demo_onnx):
     """The demo with a queue of 4 on the default host, its fp32 velocity gated: (Blocks, url, port, gate)."""
-    from fm_edge.demo.command import build_demo
     from fm_edge.demo.app import launch
+    from fm_edge.demo.command import build_demo
 
     demo = build_demo(demo_onnx, reference=False, num_threads=1, queue_size=QUEUE_SIZE)
     fp32 = demo.fm_models.fp32

@@ -36,14 +36,7 @@ def tiny_test():
     return images.astype(np.uint8), np.asarray(table["label"], dtype=np.int64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_fd_of_identical_gaussians_is_zero():

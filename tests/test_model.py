@@ -85,3 +85,16 @@ def test_missing_and_corrupt_checkpoints(tiny_ckpt, tmp_path):
     (broken / "diffusion_pytorch_model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(FmEdgeError, match="could not be loaded"):
         load(broken)
+
+
+def test_bf16_velocity_stays_float32_and_close(tiny_ckpt):
+    import torch
+
+    model, _ = load(tiny_ckpt)
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 3, 7, 10])
+    v32 = velocity_fn(model)(x, 0.7, y)
+    v16 = velocity_fn(model, bf16=True)(x, 0.7, y)
+    assert v16.dtype == torch.float32 and v16.shape == v32.shape
+    rel = (v16 - v32).norm() / v32.norm()
+    assert 0 < rel < 0.05  # bf16 rounding: close, but really not the fp32 computation

@@ -104,16 +104,8 @@ def make_handler(models: DemoModels):
 
     def generate(digit, num_samples, steps, solver, cfg_scale, seed, randomize, progress=gr.Progress()):
         try:
-            req = parse(
-                digit,
-                num_samples,
-                steps,
-                solver,
-                cfg_scale,
-                seed,
-                randomize,
-                models.sampler.get("shift", 1.0),
-            )
+            shift = models.sampler.get("shift", 1.0)
+            req = parse(digit, num_samples, steps, solver, cfg_scale, seed, randomize, shift)
             if models.reference is not None and not models.reference.ready:
                 progress(0, desc="loading the PyTorch reference (first request only)")
             backends = models.backends()

@@ -65,16 +65,8 @@ def calibration_labels(n: int) -> np.ndarray:
     return (np.arange(n) % (NULL_LABEL + 1)).astype(np.int64)
 
 
-def collect(
-    velocity: Callable,
-    num_noises: int,
-    solver: str,
-    steps: int,
-    cfg_scale: float,
-    shift: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> Trajectories:
+def collect(velocity: Callable, num_noises: int, solver: str, steps: int, cfg_scale: float, shift: float = 1.0,
+            seed: int = 0, batch_size: int = 64) -> Trajectories:  # fmt: skip
     """Run the fp32 sampler over ``num_noises`` seeded noises and record every velocity-net input.
 
     ``velocity(x, t, labels)`` takes and returns numpy arrays (an ORT velocity, or a torch one wrapped by

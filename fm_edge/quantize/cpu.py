@@ -1,4 +1,5 @@
-"""The int8-relevant ISA of this CPU, as recorded in quantization.json (Linux /proc/cpuinfo; empty elsewhere).
+"""The int8/bf16-relevant ISA of this CPU, as `fm-edge env` prints it and quantization.json records it (Linux
+/proc/cpuinfo; empty elsewhere).
 
 Without VNNI, x86 int8 GEMMs multiply uint8 x int8 pairs with ``vpmaddubsw`` (16 MACs per 256-bit op into
 saturating int16) instead of ``vpdpbusd``; this bounds what int8 can gain over fp32 FMA on AVX2 to ~2x per
@@ -19,6 +20,7 @@ FLAGS = (
     "avx512_bf16",
     "amx_tile",
     "amx_int8",
+    "amx_bf16",
 )
 
 

@@ -281,10 +281,32 @@ def format_summary(s: dict) -> str:
         lines.append(
             f"  latency {b}: fp32 {d['fp32']:.2f} ms, int8 {d['int8']:.2f} ms (x{d['speedup']:.2f} paired)"
         )
+    verdict = int8_verdict(s)
+    if verdict:
+        lines.append(f"  {verdict}")
     lines.append(
         f"  ISA: {s['isa']['int8_path']}; {'✓ within tolerance' if s['tolerance']['passed'] else '✗ ' + '; '.join(s['tolerance']['failed'])}"
     )
     return "\n".join(lines)
+
+
+#: below this paired speed-up (at either batch), export --int8 says that int8 does not pay on this CPU
+PAYS = 1.2
+
+
+def int8_verdict(summary: dict) -> str:
+    """One line on whether int8 is faster on the machine that measured it ("" when nothing was timed)."""
+    lat = summary.get("latency_ms_per_call", {})
+    if not lat:
+        return ""
+    worst = min(d["speedup"] for d in lat.values())
+    cpu = summary.get("isa", {}).get("int8_path", "this CPU")
+    if worst >= PAYS:
+        return f"✓ int8 is x{worst:.2f} or faster per velocity call here ({cpu})"
+    return (
+        f"warning: int8 does not pay on this CPU ({cpu}): x{worst:.2f} at its worst batch; the int8 files "
+        f"are {summary.get('size_ratio', 0):.2f}x the size, but the fp32 files are as fast or faster here"
+    )
 
 
 def int8_options(args) -> dict:

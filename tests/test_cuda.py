@@ -1,0 +1,54 @@
+"""The GPU sampler (run by scripts/gpu_check.sh on a lent GPU; skipped cleanly where torch sees no CUDA)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fm_edge.backends import generate, make_noise, torch_backend
+from fm_edge.cli import main
+from fm_edge.convention import default_labels
+
+cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"
+)
+pytestmark = pytest.mark.cuda
+
+
+@cuda
+def test_graphed_solve_equals_eager_and_is_reused(tiny_ckpt):
+    graphed = torch_backend(tiny_ckpt, device="cuda")
+    eager = torch_backend(tiny_ckpt, device="cuda", cuda_graphs=False)
+    assert graphed.solve is not None and eager.solve is None
+    labels = default_labels(16)
+    for seed in (0, 1):  # the second batch replays the graph captured for the first
+        noise = make_noise(16, seed)
+        a = generate(graphed, labels, 4, "euler", 1.5, 2.0, noise=noise, raw=True)
+        b = generate(eager, labels, 4, "euler", 1.5, 2.0, noise=noise, raw=True)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert len(graphed.solve) == 1
+
+
+@cuda
+def test_cuda_matches_cpu_and_bf16_is_close(tiny_ckpt):
+    noise, labels = make_noise(8, 0), default_labels(8)
+    cpu = generate(torch_backend(tiny_ckpt, device="cpu"), labels, 4, "heun", 1.5, noise=noise)
+    gpu = generate(torch_backend(tiny_ckpt, device="cuda"), labels, 4, "heun", 1.5, noise=noise)
+    bf16 = generate(torch_backend(tiny_ckpt, device="cuda", bf16=True), labels, 4, "heun", 1.5, noise=noise)
+    assert np.abs(cpu.astype(int) - gpu.astype(int)).max() <= 1
+    assert np.abs(cpu.astype(int) - bf16.astype(int)).mean() < 2.0
+
+
+@cuda
+def test_sample_and_bench_on_cuda(tiny_ckpt, tmp_path, capsys):
+    assert (
+        main(["sample", "--model", str(tiny_ckpt), "--num-samples", "20", "-o", str(tmp_path / "s.npz")]) == 0
+    )
+    assert "(cuda)" in capsys.readouterr().err  # auto picks the GPU
+    argv = ["bench", "--model", str(tiny_ckpt), "--backends", "torch-fp32", "--batch-sizes", "1,64", "--nfe", "4",
+            "--repeats", "3", "--quality-samples", "0", "--device", "cuda", "--memory-cap-gb", "10",
+            "-o", str(tmp_path / "bench")]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert len(rows) == 2 and all(0 < r["peak_gpu_mb"] < 10 * 1024 for r in rows)
