@@ -12,8 +12,8 @@ from fm_edge.errors import FmEdgeError, UsageError
 HUB_ID = "ylecun/mnist"
 
 
-def load_split(data: str | None = None, split: str = "train"):
-    """Return (images uint8 [N,28,28], labels int64 [N]) of one MNIST split.
+def load_split(data: str | None = None, split: str = "train", limit: int | None = None):
+    """Return (images uint8 [N,28,28], labels int64 [N]) of one MNIST split (its first ``limit`` rows).
 
     ``data`` is a hub id (default ``ylecun/mnist``) or a local folder in the hub layout.
     """
@@ -38,12 +38,36 @@ def load_split(data: str | None = None, split: str = "train"):
     missing = {"image", "label"} - set(ds.column_names)
     if missing:
         raise UsageError(f"dataset {source!r} lacks column(s) {sorted(missing)}: MNIST needs image and label")
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
     return to_arrays(ds, source)
+
+
+def _decode(ds) -> np.ndarray:
+    """The image column as uint8 [N,H,W]: PNG bytes decoded by Pillow on a few threads (it releases the
+    GIL), about twice as fast as datasets' row-by-row decoding even on one core."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import datasets
+    from PIL import Image
+
+    if not isinstance(ds.features["image"], datasets.Image):
+        return np.stack([np.asarray(im, dtype=np.uint8) for im in ds["image"]])
+    raw = ds.cast_column("image", datasets.Image(decode=False))["image"]
+
+    def one(r) -> np.ndarray:
+        src = io.BytesIO(r["bytes"]) if r.get("bytes") else r["path"]
+        with Image.open(src) as im:
+            return np.asarray(im.convert("L") if im.mode != "L" else im, dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return np.stack(list(pool.map(one, raw, chunksize=1024)))
 
 
 def to_arrays(ds, source: str = "dataset"):
     """Decode a datasets.Dataset of MNIST rows to (uint8 [N,28,28], int64 [N]), checking shape and labels."""
-    images = np.stack([np.asarray(im, dtype=np.uint8) for im in ds["image"]])
+    images = _decode(ds)
     labels = np.asarray(ds["label"], dtype=np.int64)
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise UsageError(f"{source!r} images have shape {images.shape[1:]}: MNIST needs 28x28 grayscale")

@@ -1,9 +1,14 @@
 """Training: flow matching on MNIST with AdamW, EMA, gradient clipping, atomic resumable checkpoints.
 
 Runs under Accelerate, so ``fm-edge train`` works unchanged with ``accelerate launch`` on several
-processes (CPU/gloo or GPUs). Each step's randomness (noise, t, label dropout) is seeded from
-(seed, step, process), and each epoch's order from (seed, epoch), so ``--resume latest`` repeats the
-original run exactly from its last complete ``checkpoint-<step>/``: no RNG state needs saving.
+processes (CPU/gloo or GPUs). Each step's randomness (noise, t, label dropout) comes from a generator on
+the training device seeded from (seed, step, process), and each epoch's order from (seed, epoch), so
+``--resume latest`` repeats the original run exactly from its last complete ``checkpoint-<step>/``: no RNG
+state needs saving. On CPU the streams are those of earlier versions.
+
+The loop never waits for the device within a step: the dataset lives on the device, the losses stay there
+and are fetched every ``log_every`` steps and at each checkpoint (where non-finite losses are caught, before
+anything is written), AdamW is fused on CUDA (foreach on CPU) and the EMA is a foreach update.
 
 A checkpoint holds only safetensors and JSON (weights, EMA, optimizer moments; step, loss log, optimizer
 settings). It is written to a hidden temporary folder and renamed into place, so a run killed at any
@@ -34,23 +39,27 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 500
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     label_dropout: float = 0.1
     time_sampling: str = "uniform"
+    ot_coupling: bool = False
     epochs: float = 10.0
     max_steps: int | None = None
     checkpoint_every: int = 500
+    log_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
     bf16: bool = False
     compile: bool = False
+    channels_last: bool = False
     num_threads: int | None = None
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
 
     def validate(self) -> None:
-        for name in ("batch_size", "checkpoint_every", "keep_checkpoints"):
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -59,6 +68,33 @@ class TrainConfig:
             raise UsageError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"--limit must be >= 1, got {self.limit}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(
+                f"unknown --lr-schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if not (self.epochs > 0 and math.isfinite(self.epochs)):
+            raise UsageError(f"--epochs must be a finite number > 0, got {self.epochs}")
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The learning-rate multiplier for 0-based ``step`` of ``total``: linear warm-up over ``warmup`` steps,
+    then constant, or a cosine or linear decay that reaches exactly 0 at the last step (``total - 1``)."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if schedule == "constant":
+        return warm
+    start = min(warmup, total - 1)  # the decay always ends at the last step, however long the warm-up
+    p = min(1.0, max(0.0, (step + 1 - start) / max(1, total - start)))
+    decay = 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
+    return warm * decay
 
 
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -152,10 +188,12 @@ def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, s
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
     import copy
 
+    import torch
+
     from fm_edge.card import write_card
     from fm_edge.model import FM_CONFIG, fm_config
 
-    ema_model = copy.deepcopy(model)
+    ema_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # undo --channels-last
     ema.copy_to(ema_model.parameters())
     config = fm_config(
         cfg.preset,
@@ -191,21 +229,27 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     from fm_edge.model import build
 
     sample_t(1, cfg.time_sampling, torch.Generator())  # validates the name before any work
+    if cfg.ot_coupling:
+        import scipy.optimize  # noqa: F401  (fail before any work when scipy is missing)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     # cpu=True where there is no GPU: then a torchrun/`accelerate launch --multi_gpu` environment with
     # several processes becomes a gloo MULTI_CPU run instead of silently training each process alone.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
-    images, labels = load_split(cfg.data, "train")
-    if cfg.limit:
-        images, labels = images[: cfg.limit], labels[: cfg.limit]
+    device = accelerator.device
+    if device.type == "cuda":
+        # autotuned conv kernels: faster, but a resumed GPU run then matches the straight one only
+        # statistically (on CPU it is bit-exact)
+        torch.backends.cudnn.benchmark = True
+    images, labels = load_split(cfg.data, "train", limit=cfg.limit)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(out)
         for name in ("checkpoint-*", "model"):  # what a killed run was writing
             remove_leftovers(out, name)
-    x_all = torch.from_numpy(encode_uint8(images))
-    y_all = torch.from_numpy(labels)
+    # the whole dataset on the device, uploaded once; batches are gathered there by index
+    x_all = torch.from_numpy(encode_uint8(images)).to(device)
+    y_all = torch.from_numpy(labels).to(device)
     n = len(x_all)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.batch_size * world
@@ -213,9 +257,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)
-    model = build(cfg.preset)
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build(cfg.preset).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": []}
     if resume:
         path = latest_checkpoint(out) if resume == "latest" else Path(resume)
@@ -227,12 +274,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
             state = _load_checkpoint(path, model, ema, optimizer)
             accelerator.print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)), last_epoch=state["step"] - 1
+        optimizer,
+        lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.lr_schedule),
+        last_epoch=state["step"] - 1,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.compile:
         model = torch.compile(model)
-    ema.to(accelerator.device)
+    ema.to(device)
     model.train()
 
     bar = tqdm(
@@ -247,23 +296,42 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     step, t_start, start_step = state["step"], time.time(), state["step"]
     loss_ema = state.get("loss_ema")
     perm, perm_epoch = None, -1
+    pending: list = []  # this interval's losses, still on the device
+
+    def sync_losses() -> None:
+        """Fetch the pending losses (one host sync), check them, log them."""
+        nonlocal loss_ema
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = step - len(pending) + 1
+        pending.clear()
+        for i, lv in enumerate(values):
+            if not math.isfinite(lv):
+                raise FmEdgeError(
+                    f"loss is {lv} at step {first + i} (losses are checked every --log-every "
+                    f"{cfg.log_every} steps and at checkpoints): stopping (lower --lr or check the data); "
+                    "the last checkpoint is intact"
+                )
+            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+            state["losses"].append([first + i, round(lv, 5)])
+        state["loss_ema"] = loss_ema
+        bar.set_postfix(loss=f"{loss_ema:.4f}", epoch=f"{step / steps_per_epoch:.2f}", refresh=False)
+
     while step < total:
-        # 1. this step's batch: a seeded permutation per epoch, sharded by process
+        # 1. this step's batch: a seeded permutation per epoch (made on the CPU, as before), sharded by process
         epoch, within = divmod(step, steps_per_epoch)
         if epoch != perm_epoch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).to(
+                device
+            )
             perm_epoch = epoch
         idx = perm[within * per_step + rank * cfg.batch_size :][: cfg.batch_size]
-        x0, y = x_all[idx].to(accelerator.device), y_all[idx].to(accelerator.device)
-        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
-        # 2. flow-matching loss, backward, clip, update, EMA
+        x0, y = x_all[idx], y_all[idx]
+        gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
+        # 2. flow-matching loss, backward, clip, update, EMA: nothing here waits for the device
         with accelerator.autocast():
-            loss = loss_fn(model, x0, y, gen, cfg.time_sampling, cfg.label_dropout)
-        if not torch.isfinite(loss):
-            raise FmEdgeError(
-                f"loss is {loss.item()} at step {step + 1}: stopping (lower --lr or check the data); "
-                "the last checkpoint is intact"
-            )
+            loss = loss_fn(model, x0, y, gen, cfg.time_sampling, cfg.label_dropout, cfg.ot_coupling)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -271,14 +339,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         optimizer.zero_grad(set_to_none=True)
         ema.step(accelerator.unwrap_model(model).parameters())
         step += 1
-        # 3. bookkeeping: progress bar, loss log, checkpoint
-        lv = loss.item()
-        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-        state.update(step=step, images_seen=state["images_seen"] + per_step, loss_ema=loss_ema)
-        state["losses"].append([step, round(lv, 5)])
+        # 3. bookkeeping: loss log every log_every steps, progress bar, checkpoint
+        pending.append(loss.detach())
+        state.update(step=step, images_seen=state["images_seen"] + per_step)
+        checkpoint = step % cfg.checkpoint_every == 0 or step == total
+        if checkpoint or step % cfg.log_every == 0:
+            sync_losses()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}", epoch=f"{step / steps_per_epoch:.2f}")
-        if step % cfg.checkpoint_every == 0 or step == total:
+        if checkpoint:
             elapsed = time.time() - t_start
             state["train_seconds"] = state["train_seconds"] + elapsed
             t_start = time.time()
@@ -312,14 +380,19 @@ def main(args) -> Path:
         data=args.data,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
         epochs=args.epochs,
         max_steps=args.max_steps,
         checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
         time_sampling=args.time_sampling,
         label_dropout=args.label_dropout,
+        ot_coupling=args.ot_coupling,
         ema_decay=args.ema_decay,
         bf16=args.bf16,
         compile=args.compile,
+        channels_last=args.channels_last,
         limit=args.limit,
         seed=args.seed,
         num_threads=args.num_threads,

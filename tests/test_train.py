@@ -1,7 +1,9 @@
 """Training: checkpoints, exact resume, the inference folder, NaN handling, bad data, Accelerate multi-process."""
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -246,3 +248,164 @@ def test_sigkill_at_any_point_then_resume_continues_the_run(tmp_path, tiny_data)
         assert wa.keys() == wb.keys()
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+# --- the GPU-ready loop: LR schedules, minibatch OT, device RNG, deferred loss fetches, the edge preset ---
+
+
+def test_lr_schedules_warm_up_then_reach_zero_at_the_last_step():
+    from fm_edge.train import lr_factor
+
+    total, warm = 100, 10
+    for sched in ("constant", "cosine", "linear"):
+        f = [lr_factor(s, total, warm, sched) for s in range(total)]
+        assert f[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])  # linear warm-up to 1
+        assert max(f) == pytest.approx(1.0)
+        if sched == "constant":
+            assert f[warm:] == [1.0] * (total - warm)
+        else:
+            assert f[-1] == 0.0 and f[-2] > 0  # zero exactly at the last step, not before
+            assert all(a >= b for a, b in zip(f[warm - 1 :], f[warm:]))  # never rises after warm-up
+    mid = warm - 1 + (total - warm + 1) // 2  # the decay's half-way point
+    assert lr_factor(mid, total, warm, "linear") == pytest.approx(0.5, abs=0.02)
+    assert lr_factor(mid, total, warm, "cosine") == pytest.approx(0.5, abs=0.03)
+    # a warm-up longer than the run still ends at zero; no warm-up starts at full rate
+    assert lr_factor(4, 5, 500, "cosine") == 0.0
+    assert lr_factor(0, 100, 0, "linear") == pytest.approx(0.99)
+
+
+def test_ot_pairing_is_a_deterministic_permutation_that_shortens_the_pairs():
+    from fm_edge.flow import ot_pairing
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(200, 1, 8, 8, generator=g)  # 200 rows: two groups (128 + 72)
+    x1 = torch.randn(200, 1, 8, 8, generator=g)
+    j = ot_pairing(x0, x1)
+    assert torch.equal(j, ot_pairing(x0, x1))
+    assert sorted(j[:128].tolist()) == list(range(128)) and sorted(j[128:].tolist()) == list(range(128, 200))
+
+    def mean_sq(a, b):
+        return (a - b).pow(2).flatten(1).sum(1).mean().item()
+
+    assert mean_sq(x0, x1[j]) < 0.95 * mean_sq(x0, x1)
+    # the exact optimum: no swap of two partners lowers the cost
+    d = torch.cdist(x0[:128].flatten(1), x1[:128].flatten(1)).pow(2)
+    jj = j[:128]
+    for a, b in [(0, 1), (5, 77), (30, 127)]:
+        assert d[a, jj[a]] + d[b, jj[b]] <= d[a, jj[b]] + d[b, jj[a]] + 1e-4
+
+
+def test_loss_draws_on_the_generator_device_in_the_old_order():
+    """CPU runs keep the stream of earlier versions: noise, then t, then the label-dropout draws."""
+    from fm_edge.flow import loss_fn
+
+    seen = {}
+
+    def model(xt, t, class_labels):
+        seen.update(xt=xt, t=t, labels=class_labels)
+        return type("Out", (), {"sample": torch.zeros_like(xt)})()
+
+    x0 = torch.zeros(4, 1, 8, 8)
+    loss_fn(model, x0, torch.arange(4), torch.Generator().manual_seed(3), "uniform", 0.5)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(4, 1, 8, 8, generator=g)
+    t = torch.rand(4, generator=g)
+    drop = torch.rand(4, generator=g) < 0.5
+    torch.testing.assert_close(seen["t"], t * 1000)
+    torch.testing.assert_close(seen["xt"], t.view(-1, 1, 1, 1) * noise)
+    assert torch.equal(seen["labels"], torch.where(drop, 10, torch.arange(4)))
+
+
+def test_resume_is_bit_exact_with_schedule_ot_and_deferred_loss_fetches(tmp_path, tiny_data):
+    from safetensors.torch import load_file
+
+    kw = dict(
+        max_steps=6, checkpoint_every=3, log_every=4, lr_schedule="cosine", ot_coupling=True, batch_size=8
+    )
+    straight = tmp_path / "straight"
+    train(cfg(straight, tiny_data, **kw), progress=False)
+    split = tmp_path / "split"
+    train(cfg(split, tiny_data, **{**kw, "max_steps": 3}), progress=False)  # a shorter run: other schedule
+    # resuming with the full length from checkpoint-3 of a run with the same settings is the straight run
+    partial = tmp_path / "partial"
+    shutil.copytree(straight / "checkpoint-3", partial / "checkpoint-3")
+    train(cfg(partial, tiny_data, **kw), resume="latest", progress=False)
+    a = json.loads((straight / "checkpoint-6" / "state.json").read_text())
+    b = json.loads((partial / "checkpoint-6" / "state.json").read_text())
+    assert [s for s, _ in a["losses"]] == [1, 2, 3, 4, 5, 6]  # every step logged despite log_every=4
+    assert a["losses"] == b["losses"] and a["loss_ema"] == b["loss_ema"]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        wa, wb = load_file(straight / "checkpoint-6" / name), load_file(partial / "checkpoint-6" / name)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    # the schedule is wired in: after 3 of 6 cosine steps (warm-up 2) the rate is between 0 and the peak,
+    # and it is 0 after the last step; the 3-step run decayed to 0 at its own end
+    from fm_edge.train import _optimizer_state
+
+    lr_mid = _optimizer_state(straight / "checkpoint-3")["param_groups"][0]["lr"]
+    assert 0 < lr_mid < 2e-3
+    assert lr_mid == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
+    assert _optimizer_state(straight / "checkpoint-6")["param_groups"][0]["lr"] == 0.0
+    assert _optimizer_state(split / "checkpoint-3")["param_groups"][0]["lr"] == 0.0
+
+
+def test_ot_coupling_changes_the_pairs_but_not_the_draws(tmp_path, tiny_data):
+    base = dict(max_steps=2, checkpoint_every=2, batch_size=16)
+    plain = json.loads(
+        (
+            train(cfg(tmp_path / "a", tiny_data, **base), progress=False).parent
+            / "checkpoint-2"
+            / "state.json"
+        ).read_text()
+    )
+    ot = json.loads(
+        (
+            train(cfg(tmp_path / "b", tiny_data, **base, ot_coupling=True), progress=False).parent
+            / "checkpoint-2"
+            / "state.json"
+        ).read_text()
+    )
+    assert plain["losses"][0][1] != ot["losses"][0][1]
+    fm = json.loads((tmp_path / "b" / "model" / "fm_edge.json").read_text())
+    assert fm["training"]["ot_coupling"] is True and fm["training"]["lr_schedule"] == "constant"
+
+
+def test_edge_preset_is_attention_free():
+    from fm_edge.model import PRESETS, build
+
+    model = build("edge")
+    names = {type(m).__name__ for m in model.modules()}
+    assert "Attention" not in names and "Conv2d" in names
+    assert PRESETS["edge"]["block_out_channels"] == (32, 64, 128)
+    out = model(torch.zeros(2, 1, 32, 32), torch.tensor([0.0, 500.0]), class_labels=torch.tensor([3, 10]))
+    assert out.sample.shape == (2, 1, 32, 32)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_with_fused_adamw_bf16_and_channels_last(tmp_path, tiny_data):
+    final = train(
+        cfg(tmp_path, tiny_data, bf16=True, channels_last=True, lr_schedule="linear", log_every=4),
+        progress=False,
+    )
+    state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
+    assert [s for s, _ in state["losses"]] == [1, 2, 3, 4, 5, 6]
+    load(final)
+
+
+def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
+    """scripts/gpu_plan.py (used by scripts/train_gpu.sh) reads the probe's last two checkpoints."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "scripts" / "gpu_plan.py"
+    spec = importlib.util.spec_from_file_location("gpu_plan", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for step, secs in [(50, 9.0), (100, 10.0), (150, 12.0)]:  # slow first interval (autotuning) is ignored
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "state.json").write_text(json.dumps({"train_seconds": secs}))
+    p = mod.plan(tmp_path, batch_size=512, seconds=300, train_images=60000, checkpoint_s=60, min_steps=200)
+    assert p["images_per_s"] == 50 * 512 / 2  # 12,800 images/s between checkpoints 100 and 150
+    assert p["steps"] == 300 * 25 and p["checkpoint_every"] == 60 * 25 and p["epochs"] == 64.0
+    assert mod.plan(tmp_path, 512, 1, 60000, 60, min_steps=200)["steps"] == 200
