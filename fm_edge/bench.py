@@ -22,18 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from fm_edge.artifacts import SAMPLER_FILE, SAMPLER_INT8, VELOCITY_FILE, VELOCITY_INT8, WEIGHTS
+from fm_edge.cli import BENCH_BACKENDS
 from fm_edge.convention import default_labels
 from fm_edge.errors import FmEdgeError, UsageError
 
-ALL_BACKENDS = (
-    "torch-fp32",
-    "torch-compiled",
-    "torchao-int8",
-    "ort-fp32",
-    "ort-int8",
-    "sampler-fp32",
-    "sampler-int8",
-)
+ALL_BACKENDS = BENCH_BACKENDS
 #: by name only: torch fp32 on CUDA without CUDA graphs, and torch with bf16 autocast
 EXTRA_BACKENDS = ("torch-eager", "torch-bf16")
 ONNX_FILES = {
@@ -381,7 +374,10 @@ def main(args) -> Path:
     try:
         plot(result, out / "bench.png")
     except ImportError:  # a bare GPU image: the JSON and the table are the results, the plot is a view
-        print("bench: matplotlib is not installed, so no bench.png (pip install 'fm-edge[bench]')", file=sys.stderr)
+        print(
+            "bench: matplotlib is not installed, so no bench.png (pip install 'fm-edge[bench]')",
+            file=sys.stderr,
+        )
     print(markdown_table(result))
     return out / "bench.json"
 

@@ -22,6 +22,21 @@ _BASE = dict(
     num_class_embeds=NUM_CLASS_EMBEDS,
 )
 
+
+def _plain(block_out_channels: tuple, layers_per_block: int, norm_num_groups: int, **extra) -> dict:
+    """A UNet2DModel config with plain ResNet blocks (DownBlock2D / UpBlock2D) at every level."""
+    levels = len(block_out_channels)
+    return dict(
+        _BASE,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        norm_num_groups=norm_num_groups,
+        **extra,
+    )
+
+
 PRESETS: dict[str, dict] = {
     # google/ddpm-cifar10-32 exactly (35.7M parameters), with one input/output channel: for GPUs.
     "ddpm-cifar10-32": dict(
@@ -40,35 +55,13 @@ PRESETS: dict[str, dict] = {
     # Sized for 2 CPU cores (0.64M parameters, ~100 training images/s here): no attention in the
     # down/up blocks (Softmax has no int8 kernel in ORT; the mid block keeps diffusers' one 8x8
     # attention), one ResNet per level, 32x32 -> 16 -> 8. The README has the measurements behind it.
-    "compact": dict(
-        _BASE,
-        block_out_channels=(16, 32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    ),
+    "compact": _plain((16, 32, 64), layers_per_block=1, norm_num_groups=8),
     # Quality + int8 speed (GPU-trained teacher): attention-free everywhere (mid block too: Softmax has no
     # int8 kernel in ORT), so 3x3 convs dominate the compute; two ResNets per level, 32x32 -> 16 -> 8.
     # The width is the one line to change when measuring int8 speed against quality.
-    "edge": dict(
-        _BASE,
-        block_out_channels=(32, 64, 128),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        add_attention=False,
-        norm_num_groups=8,
-    ),
+    "edge": _plain((32, 64, 128), layers_per_block=2, norm_num_groups=8, add_attention=False),
     # For tests: a few thousand parameters.
-    "tiny": dict(
-        _BASE,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ),
+    "tiny": _plain((8, 16), layers_per_block=1, norm_num_groups=4),
 }
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
     channels_last: bool = False
     num_threads: int | None = None
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
+    init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer, EMA and schedule)
 
     def validate(self) -> None:
         for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -229,6 +230,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     from fm_edge.model import build
 
     sample_t(1, cfg.time_sampling, torch.Generator())  # validates the name before any work
+    init = _init_weights(cfg) if cfg.init_from else None  # a bad --init-from fails before any work
     if cfg.ot_coupling:
         import scipy.optimize  # noqa: F401  (fail before any work when scipy is missing)
     if cfg.num_threads:
@@ -257,7 +259,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
 
     torch.manual_seed(cfg.seed)
-    model = build(cfg.preset).to(device)
+    model = build(cfg.preset)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
@@ -372,6 +377,21 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     return final
 
 
+def _init_weights(cfg: TrainConfig) -> dict:
+    """The state dict of ``--init-from``, refused unless it is a checkpoint of the same preset."""
+    from fm_edge.model import load, read_fm_config, resolve
+
+    path = resolve(cfg.init_from)
+    preset = read_fm_config(path).get("preset")
+    if preset != cfg.preset:
+        raise UsageError(
+            f"--init-from {cfg.init_from!r} is a {preset or 'unknown'} checkpoint, but --preset is {cfg.preset}: "
+            "pass the same preset"
+        )
+    model, _ = load(path)
+    return model.state_dict()
+
+
 def main(args) -> Path:
     """``fm-edge train``: build a TrainConfig from the CLI flags and train."""
     cfg = TrainConfig(
@@ -396,6 +416,7 @@ def main(args) -> Path:
         limit=args.limit,
         seed=args.seed,
         num_threads=args.num_threads,
+        init_from=getattr(args, "init_from", None),
     )
     from fm_edge.model import PRESETS
 

@@ -358,3 +358,15 @@ def test_vnni_recipe_keeps_conditioning_adds_in_float(onnx_dir, int8_path, traj,
 
     held = calibrate.collect(OnnxVelocity(fp32), 11, SOLVER, STEPS, CFG, seed=7)
     assert sqnr.output_sqnr(fp32, out, held.feeds()) > 15
+
+
+def test_export_int8_says_whether_int8_pays_here():
+    from fm_edge.quantize.pipeline import int8_verdict
+
+    s = {"isa": {"int8_path": "VNNI (vpdpbusd)"}, "size_ratio": 0.32}
+    assert int8_verdict(s) == ""  # nothing timed, nothing claimed
+    s["latency_ms_per_call"] = {"batch 2": {"speedup": 1.6}, "batch 128": {"speedup": 0.99}}
+    line = int8_verdict(s)
+    assert line.startswith("warning: int8 does not pay") and "x0.99" in line and "VNNI" in line
+    s["latency_ms_per_call"]["batch 128"]["speedup"] = 1.7
+    assert int8_verdict(s).startswith("✓") and "x1.60" in int8_verdict(s)

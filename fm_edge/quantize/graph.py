@@ -97,6 +97,9 @@ def roles(model, sample_input: str = "sample") -> dict[str, list[str]]:
     - ``norm``: InstanceNormalization / GroupNormalization / LayerNormalization nodes;
     - ``norm_chain``: each norm with the Reshape feeding it and the elementwise nodes after it that see
       only its result (the GroupNorm affine and the SiLU), up to the next Conv/MatMul/Gemm/Concat;
+    - ``conditioning_add``: Adds that mix a conditioning tensor into an activation (a ResNet's
+      ``conv1(x) + time_emb_proj(t)``); their output feeds the float GroupNorm, so in int8 they cost a
+      QLinearAdd plus a Q and a DQ where float costs one DQ and one Add;
     - ``conv``, ``gemm``, ``matmul``: every node of that op type.
     """
     m = load(model)
@@ -104,6 +107,8 @@ def roles(model, sample_input: str = "sample") -> dict[str, list[str]]:
     prod, cons = _producers(g), _consumers(g)
     inits = {i.name for i in g.initializer}
     on_sample = depends_on(g, sample_input)
+    graph_inputs = [i.name for i in g.input if i.name not in inits and i.name != sample_input]
+    on_cond = set().union(*(depends_on(g, i) for i in graph_inputs))  # time / label dependent
 
     def nearest(starts, step):
         found, seen, frontier = [], set(), list(starts)
@@ -156,6 +161,13 @@ def roles(model, sample_input: str = "sample") -> dict[str, list[str]]:
             for n in g.node
             if (n.op_type == "MatMul" and n.name in on_sample and not any(i in inits for i in n.input[:2]))
             or n.op_type == "Softmax"
+        ],
+        "conditioning_add": [
+            n.name
+            for n in g.node
+            if n.op_type == "Add"
+            and n.name in on_sample
+            and any(i in prod and prod[i].name in on_cond and prod[i].name not in on_sample for i in n.input)
         ],
         "norm": [n.name for n in norms],
         "norm_chain": [n.name for n in g.node if n.name in chain],

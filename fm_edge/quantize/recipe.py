@@ -17,6 +17,12 @@ behind each choice, including the variants that did not pay, are in ``docs/int8_
   there, and int8 cost 2.5 dB SQNR);
 - after quantization, Shapes read the quantized tensors directly (no full-tensor DQ just to read a shape),
   and tensors get short names (the file is 0.32x of fp32 instead of 0.38x).
+
+On a CPU with VNNI/AMX (Intel Xeon, issue 12) the int8 convs gain ~3x, so width decides: see
+``scripts/int8_speed.py`` and the 2026-11-30 section of the findings. ``"vnni"`` is the recipe measured
+there: 8-bit weights (VNNI's ``vpdpbusd`` accumulates in int32, so nothing saturates) and the ResNets'
+time-embedding adds kept in float (role ``conditioning_add``: their output feeds only the float GroupNorm).
+A file made with it must not be run on an AVX2 CPU without VNNI (int16 saturation, see above).
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from dataclasses import asdict, dataclass, field, fields
 
 from fm_edge.errors import UsageError
 
-ROLES = ("first_conv", "last_conv", "embedding", "conditioning", "attention", "norm", "norm_chain")
+ROLES = (
+    "first_conv", "last_conv", "embedding", "conditioning", "conditioning_add", "attention", "norm", "norm_chain",
+)  # fmt: skip
 PASSES = ("shapes_from_quantized", "drop_dead_nodes", "strip_value_info", "short_tensor_names")
 FORMATS = ("QDQ", "QOperator")
 QTYPES = ("QUInt8", "QInt8")
@@ -102,6 +110,36 @@ RECIPES = {
     "conv-only": Recipe(name="qdq-conv-only", op_types=("Conv",)),
     "s8s8": Recipe(name="qdq-s8s8", activation_type="QInt8"),
     "full-range": Recipe(name="qdq-u8s8-full-range", reduce_range=False),
+    # For CPUs with VNNI or AMX (docs/int8_findings.md, 2025 section): 8-bit weights (no int16 saturation
+    # there) and the time-embedding adds in float (their output only feeds the float GroupNorm).
+    "vnni": Recipe(
+        name="fm-edge-qdq-u8s8-vnni",
+        reduce_range=False,
+        exclude_roles=(
+            "conditioning",
+            "conditioning_add",
+            "norm_chain",
+            "attention",
+            "first_conv",
+            "last_conv",
+        ),
+    ),
+    # Candidates for VNNI/AMX CPUs (scripts/int8_speed.py compares them).
+    "float-cond-add": Recipe(
+        name="qdq-float-cond-add",
+        exclude_roles=(
+            "conditioning",
+            "conditioning_add",
+            "norm_chain",
+            "attention",
+            "first_conv",
+            "last_conv",
+        ),
+    ),
+    "norm-int8": Recipe(
+        name="qdq-norm-int8", exclude_roles=("conditioning", "attention", "first_conv", "last_conv")
+    ),
+    "nchw": Recipe(name="qdq-nchw", disabled_optimizers=("NhwcTransformer",)),
 }
 
 
