@@ -261,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also write velocity_int8.onnx, sampler_int8.onnx")
     p.add_argument("--calib-samples", type=int, default=64, help="int8: noises per calibration run")
     p.add_argument("--tolerance", type=float, default=0.10, help="int8: allowed relative FD increase")
+    p.add_argument(
+        "--int8-recipe",
+        default="default",
+        help="int8: default; float-cond-add (time-embedding adds in float, +0.6 dB, any CPU); vnni (8-bit weights "
+        "too: only for files that run on VNNI/AMX CPUs, AVX2 saturates); naive, conv-only, s8s8, full-range, "
+        "norm-int8, nchw for comparison",
+    )
     _seed_and_threads(
         p, "seed of the validation and calibration noise", "CPU threads (torch and ONNX Runtime)"
     )

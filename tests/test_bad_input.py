@@ -7,6 +7,7 @@ file left behind.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,11 @@ def ws(tmp_path_factory, tiny_ckpt, tiny_onnx, tiny_data):
         str(bad / "columns" / "data" / "train-00000-of-00001.parquet")
     )
     (bad / "a_file").write_text("not a folder")
+    # a distilled student (its fm_edge.json says so), which is no teacher for fm-edge distill
+    shutil.copytree(tiny_ckpt, bad / "student")
+    fm = json.loads((bad / "student" / "fm_edge.json").read_text())
+    fm["sampler"].update(cfg_scale=1.0, guidance="distilled", distilled_cfg_scale=1.5)
+    (bad / "student" / "fm_edge.json").write_text(json.dumps(fm))
     return root
 
 
@@ -93,6 +99,7 @@ TRAIN = [
     "{ws}/run",
 ]
 BENCH = ["bench", "--model", "{ws}/ckpt", "--onnx-dir", "{ws}/onnx", "-o", "{ws}/out"]
+DISTILL = ["distill", "--teacher", "{ws}/ckpt", "-o", "{ws}/run", "--pairs", "8", "--max-steps", "1"]
 
 # (id, argv, exit code, words the error line must contain)
 CASES = [
@@ -162,6 +169,7 @@ CASES = [
         ["truncated", "could not be loaded"],
     ),  # fmt: skip
     ("export-int8-calibration-too-small", EXPORT + ["--int8", "--calib-samples", "1"], 2, ["calib", "1"]),
+    ("export-int8-recipe-unknown", EXPORT + ["--int8", "--int8-recipe", "int4"], 2, ["'int4'", "vnni"]),
     ("export-int8-tolerance-negative", EXPORT + ["--int8", "--tolerance", "-0.5"], 2, ["tolerance", "-0.5"]),
     # training
     ("train-data-wrong-columns", TRAIN + ["--data", "{ws}/bad/columns"], 2, ["columns", "image", "label"]),
@@ -209,6 +217,26 @@ CASES = [
     ("demo-queue-size-0", ["demo", "--model", "{ws}/onnx", "--queue-size", "0"], 2, ["queue size", "got 0"]),
     ("demo-port-out-of-range", ["demo", "--model", "{ws}/onnx", "--port", "70000"], 2, ["--port", "70000"]),
     ("demo-model-missing", ["demo", "--model", "{ws}/bad/nothing_here"], 2, ["nothing_here"]),
+    # distill
+    ("distill-method-unknown", DISTILL + ["--method", "consistency"], 2, ["'consistency'", "pairs"]),
+    ("distill-cfg-out-of-range", DISTILL + ["--cfg-scale", "25"], 2, ["cfg scale 25", "20"]),
+    ("distill-pairs-0", DISTILL + ["--pairs", "0"], 2, ["--pairs", ">= 1"]),
+    ("distill-student-steps-4", DISTILL + ["--student-steps", "4"], 2, ["--student-steps", "1 or 2", "4"]),
+    ("distill-device-unknown", DISTILL + ["--device", "tpu"], 2, ["'tpu'", "cuda"]),
+    ("distill-teacher-a-file", DISTILL + ["--teacher", "{ws}/bad/a_file"], 2, ["a_file", "not a folder"]),
+    ("distill-teacher-not-a-checkpoint", DISTILL + ["--teacher", "{ws}/onnx"], 2, ["onnx", "config.json"]),
+    (
+        "distill-teacher-is-a-student",
+        DISTILL + ["--teacher", "{ws}/bad/student"],
+        2,
+        ["student", "distilled"],
+    ),
+    (
+        "distill-progressive-steps",
+        DISTILL + ["--method", "progressive", "--teacher-solver", "euler", "--teacher-steps", "3"],
+        2,
+        ["--teacher-steps 3", "power of 2"],
+    ),
 ]
 
 

@@ -329,11 +329,15 @@ def int8_options(args) -> dict:
             f"--calib-samples {calib} is too small: int8 calibration needs at least {MIN_NOISES} noises "
             "(one per label 0-10)"
         )
+    from fm_edge.quantize.recipe import get as get_recipe
+
+    recipe = getattr(args, "int8_recipe", None) or "default"
+    get_recipe(recipe)  # an unknown name fails here, before any export work
     return dict(
         model_dir=getattr(args, "model", None),
         calib_samples=calib,
         seed=int(getattr(args, "seed", 0)),
-        recipe=getattr(args, "int8_recipe", None) or "default",
+        recipe=recipe,
         tolerance=tol,
         quality_samples=int(getattr(args, "quality_samples", None) or 200),
         fd=bool(getattr(args, "int8_fd", True)),
