@@ -297,27 +297,34 @@ def _raw_events(api: str, body: dict, deadline: float, io_timeout: float) -> tup
     return "error", "the event stream ended without an answer"
 
 
-def client_predict(client, values: tuple, timeout: float) -> tuple[str, str | None]:
-    """One request through gradio_client, never waiting past ``timeout``: (outcome, message)."""
+def job_outcome(job, timeout: float) -> tuple[str, str | None, tuple | None]:
+    """(outcome, message, outputs) of one submitted gradio_client job, never waiting past ``timeout``."""
     from gradio_client.exceptions import AppError, ValidationError
     from gradio_client.utils import QueueError
 
-    job = client.submit(*values, api_name="/generate")
     try:
         out = job.result(timeout=timeout)
     except TimeoutError:
         job.cancel()
-        return "timeout", None
+        return "timeout", None, None
     except QueueError as exc:
-        return "rejected_queue_full", str(exc)
+        return "rejected_queue_full", str(exc), None
     except ValidationError as exc:  # refused by the validator before joining the queue
-        return "rejected_bad_input", validation_message(exc)
+        if not str(exc).startswith("1 parameter(s) failed validation"):
+            return "error", first_line(exc), None
+        return "rejected_bad_input", validation_message(exc), None
     except AppError as exc:
-        return classify_error(str(exc)), str(exc)
+        return classify_error(str(exc)), str(exc), None
     except Exception as exc:
-        return "error", first_line(exc)
+        return "error", first_line(exc), None
     ok = out[0] is not None and out[1] is not None and all(Path(p).is_file() for p in out[:2])
-    return ("answered", None) if ok else ("error", "answer without the two grids")
+    return ("answered", None, out) if ok else ("error", "answer without the two grids", out)
+
+
+def client_predict(client, values: tuple, timeout: float) -> tuple[str, str | None]:
+    """One request through gradio_client, never waiting past ``timeout``: (outcome, message)."""
+    outcome, message, _ = job_outcome(client.submit(*values, api_name="/generate"), timeout)
+    return outcome, message
 
 
 def one_request(url: str, info, i: int, case: int | None, args, start: threading.Barrier) -> dict:

@@ -92,23 +92,11 @@ def submit(client, values):
 
 def outcome(job) -> tuple[str, str | None]:
     """("answered" | "bad_input" | "queue_full" | "timeout", message) of one job; never waits past TIMEOUT."""
-    from gradio_client.exceptions import AppError, ValidationError
-    from gradio_client.utils import QueueError
-
-    try:
-        out = job.result(timeout=TIMEOUT)
-    except TimeoutError:
-        job.cancel()
-        return "timeout", None
-    except QueueError as exc:
-        return "queue_full", str(exc)
-    except ValidationError as exc:  # refused at the door by the queue's validator
-        assert str(exc).startswith("1 parameter(s) failed validation"), str(exc)
-        return "bad_input", demo_load.validation_message(exc)
-    except AppError as exc:
-        return ("queue_full" if "queue is full" in str(exc).lower() else "bad_input"), str(exc)
-    assert read_png(out[0]).shape == read_png(out[1]).shape and read_png(out[0]).size > 0
-    return "answered", None
+    kind, message, out = demo_load.job_outcome(job, TIMEOUT)
+    assert kind != "error", message
+    if kind == "answered":
+        assert read_png(out[0]).shape == read_png(out[1]).shape and read_png(out[0]).size > 0
+    return {"rejected_queue_full": "queue_full", "rejected_bad_input": "bad_input"}.get(kind, kind), message
 
 
 def wait_for(condition, what: str):

@@ -98,6 +98,9 @@ class Recipe:
 
 
 #: Named recipes (what ``--int8-recipe NAME`` could pick); "default" is the one that won.
+#: what stays float when the time-embedding adds do too (the roles are found in fm_edge.quantize.graph)
+FLOAT_COND_ADD = ("conditioning", "conditioning_add", "norm_chain", "attention", "first_conv", "last_conv")
+
 RECIPES = {
     "default": Recipe(),
     # Each is the default with one choice flipped: what docs/int8_findings.md compares against.
@@ -115,26 +118,12 @@ RECIPES = {
     "vnni": Recipe(
         name="fm-edge-qdq-u8s8-vnni",
         reduce_range=False,
-        exclude_roles=(
-            "conditioning",
-            "conditioning_add",
-            "norm_chain",
-            "attention",
-            "first_conv",
-            "last_conv",
-        ),
+        exclude_roles=FLOAT_COND_ADD,
     ),
     # Candidates for VNNI/AMX CPUs (scripts/int8_speed.py compares them).
     "float-cond-add": Recipe(
         name="qdq-float-cond-add",
-        exclude_roles=(
-            "conditioning",
-            "conditioning_add",
-            "norm_chain",
-            "attention",
-            "first_conv",
-            "last_conv",
-        ),
+        exclude_roles=FLOAT_COND_ADD,
     ),
     "norm-int8": Recipe(
         name="qdq-norm-int8", exclude_roles=("conditioning", "attention", "first_conv", "last_conv")
