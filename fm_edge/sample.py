@@ -88,6 +88,13 @@ def make_backend(
 def resolve_sampler(args, recommended: dict) -> dict:
     """CLI flags override the model's recommended solver, steps, CFG scale and shift."""
     s = dict(recommended)
+    cfg = getattr(args, "cfg_scale", None)
+    if s.get("guidance") == "distilled" and cfg is not None and cfg != s["cfg_scale"]:
+        raise UsageError(
+            f"--cfg-scale {cfg}: this student has guidance {s.get('distilled_cfg_scale')} distilled into its "
+            "weights and runs one pass per step; omit --cfg-scale (guiding it again would double the batch "
+            "and over-guide)"
+        )
     for key, flag in (
         ("steps", "steps"),
         ("solver", "solver"),

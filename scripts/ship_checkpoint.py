@@ -49,6 +49,7 @@ def main():
 
     # 1. the inference folder
     src = Path(args.run) / "model"
+    previous = read_fm_config(SHIPPED).get("training") if (SHIPPED / FM_CONFIG).is_file() else None
     SHIPPED.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "diffusion_pytorch_model.safetensors", FM_CONFIG):
         shutil.copy2(src / name, SHIPPED / name)
@@ -69,7 +70,7 @@ def main():
     if cached.exists() and not args.quick:  # the sweep is the slow part: reuse a finished one
         sweep = json.loads(cached.read_text())["rows"]
     for solver, steps in () if sweep else (("euler", 4),):  # heun/midpoint at NFE 4: see the NFE curve
-        for cfg in (1.5, 2.0, 3.0):
+        for cfg in (1.25, 1.5, 2.0, 3.0):
             for shift in (1.0, 2.0):
                 t0 = time.time()
                 imgs = generate(ob, labels, steps, solver, cfg, shift, seed=1)
@@ -97,11 +98,11 @@ def main():
     fm["sampler"] = sampler
     (SHIPPED / FM_CONFIG).write_text(json.dumps(fm, indent=1))
 
-    # 4. the bars: 4 vs 32 Euler steps on the same 2,000 noises, with the recommended CFG
+    # 4. the bars: 4, 8 and 32 Euler steps on the same 2,000 noises, with the recommended CFG
     labels = default_labels(n_bar)
     bars_file = res_dir / "bars.json"
     bars = json.loads(bars_file.read_text()) if bars_file.exists() and not args.quick else {}
-    for steps in (4, 32):
+    for steps in (4, 8, 32):
         if f"euler{steps}" in bars:
             continue
         imgs = generate(ob, labels, steps, "euler", sampler["cfg_scale"], sampler["shift"], seed=0)
@@ -118,13 +119,25 @@ def main():
     e4, e32 = bars["euler4"], bars["euler32"]
     fm["training"]["data"] = "ylecun/mnist (local copy in the hub layout)"
     tr = fm["training"]
-    tr["note"] = (
-        f"stopped after {tr['steps']} steps ({tr['images_seen'] / 60000:.1f} epochs) for the session's time"
-    )
+    if tr.get("init_from") and previous:  # a fine-tuning run from the weights shipped before
+        tr["init_from"] = "the previously shipped compact-mnist weights (training.history[0])"
+        tr["history"] = [previous]
+        tr["note"] = (
+            f"{tr['steps']} more steps ({tr['images_seen'] / 60000:.1f} epochs), lr {tr['lr']:g} with "
+            f"{tr.get('lr_schedule', 'constant')} decay, from weights trained {previous['steps']} steps before"
+        )
+    else:
+        tr["note"] = (
+            f"stopped after {tr['steps']} steps ({tr['images_seen'] / 60000:.1f} epochs) for the session's time"
+        )
     fm["quality"] = {
         "evaluator": "fm-edge classifier, FD vs MNIST test features",
         "n": n_bar,
         "euler4": {"fd": round(e4["fd"], 3), "label_accuracy": round(e4["label_accuracy"], 4)},
+        "euler8": {
+            "fd": round(bars["euler8"]["fd"], 3),
+            "label_accuracy": round(bars["euler8"]["label_accuracy"], 4),
+        },
         "euler32": {"fd": round(e32["fd"], 3), "label_accuracy": round(e32["label_accuracy"], 4)},
         "fd_floor_real_train": round(e4["fd_floor"], 3),
         "recommended": {k: v for k, v in best.items() if k not in ("seconds",)},

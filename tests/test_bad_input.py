@@ -206,6 +206,12 @@ CASES = [
     ("bench-nfe-0", BENCH + ["--nfe", "0"], 2, ["--nfe", "'0'", ">= 1"]),
     ("bench-batch-sizes-text", BENCH + ["--batch-sizes", "one"], 2, ["--batch-sizes", "'one'"]),
     # --device (CI has no CUDA: asking for it is refused in one line that names CUDA)
+    (
+        "sample-student-cfg",
+        ["sample", "--model", "{ws}/bad/student", "-o", "{ws}/out/samples.npz", "--cfg-scale", "2"],
+        2,
+        ["--cfg-scale 2", "distilled"],
+    ),
     ("sample-device-unknown", SAMPLE + ["--device", "tpu"], 2, ["--device 'tpu'", "cuda"]),
     ("sample-device-cuda", SAMPLE + ["--device", "cuda"], 2, ["--device cuda", "CUDA"]),
     ("sample-onnx-on-a-folder", SAMPLE + ["--backend", "onnx"], 2, ["ckpt", "onnx/", "fm-edge export"]),

@@ -3,7 +3,14 @@
 Both files carry the convention (time direction, t scale, image size and padding, normalisation, null label),
 the preset, the fm-edge version and the sha256 of the checkpoint weights. ``velocity.onnx`` adds the
 checkpoint's recommended sampler as a JSON string; ``sampler.onnx`` adds the solver, step count, time shift
-and CFG scale baked into (or recommended for) its graph.
+and CFG scale baked into (or recommended for) its graph, and how guidance works in it:
+
+- ``guidance``: ``cfg`` (each velocity call runs the conditional and the unconditional row, the ``cfg_scale``
+  input is used) or ``distilled`` (a student from :mod:`fm_edge.distill`: one row per call, ``cfg_scale``
+  ignored, the scale baked into the weights in ``distilled_cfg_scale``);
+- ``nfe``: velocity calls per solve, as everywhere in fm-edge (:func:`fm_edge.solvers.nfe`);
+- ``network_evals_per_image``: UNet rows per digit, the edge cost: ``nfe`` x 2 with ``cfg``, ``nfe`` when
+  ``distilled`` (so 1 for a one-step student, 8 for Euler 4 with CFG).
 """
 
 from __future__ import annotations
@@ -55,19 +62,31 @@ def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift:
     from fm_edge.solvers import nfe
 
     rec = recommended_sampler(fm)
-    return {
+    distilled = rec.get("guidance") == "distilled"
+    scale = (
+        f"cfg_scale float32 scalar (ignored: guidance {float(rec.get('distilled_cfg_scale', 0)):g} is distilled "
+        "into the weights)"
+        if distilled
+        else "cfg_scale float32 scalar (1 = no guidance)"
+    )
+    calls = nfe(solver, steps)
+    meta = {
         **common_metadata(checkpoint, fm),
         "model": "sampler",
-        "inputs": "noise float32 [B,1,32,32] ~ N(0,I); class_labels int64 [B] (0-9, 10 = unconditional); "
-        "cfg_scale float32 scalar (1 = no guidance)",
+        "inputs": f"noise float32 [B,1,32,32] ~ N(0,I); class_labels int64 [B] (0-9, 10 = unconditional); {scale}",
         "outputs": "images uint8 [B,28,28]",
         "solver": solver,
         "steps": str(steps),
         "shift": str(float(shift)),
-        "nfe": str(nfe(solver, steps)),
+        "nfe": str(calls),
+        "guidance": "distilled" if distilled else "cfg",
+        "network_evals_per_image": str(calls if distilled else 2 * calls),
         "cfg_scale": str(float(rec["cfg_scale"])),
         "recommended_sampler": json.dumps(dict(rec, solver=solver, steps=steps, shift=shift), sort_keys=True),
     }
+    if distilled:
+        meta["distilled_cfg_scale"] = str(float(rec.get("distilled_cfg_scale", 0.0)))
+    return meta
 
 
 def set_metadata(model, metadata: dict[str, str]) -> None:

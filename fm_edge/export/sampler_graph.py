@@ -13,6 +13,12 @@ The graph mirrors :func:`fm_edge.solvers.sample` operation for operation (same f
 2. for each step from t to s of the fixed time grid, the chosen Runge-Kutta stages, each
    ``v = v_u + cfg_scale * (v_c - v_u)`` from one call on ``[x, x]`` at timestep ``float32(t) * 1000``;
 3. decode: crop the padding, ``(x + 1) * 127.5``, round half to even, clip to 0..255, cast to uint8.
+
+A guidance-distilled student (metadata ``guidance`` = ``distilled``, see :mod:`fm_edge.distill`) has the
+guidance in its weights: its graph makes ONE velocity call per stage on ``x`` with ``class_labels`` (no doubled
+batch), so a 1-step student runs one network evaluation per image. It keeps the same three inputs so apps need
+not care which file they hold, and it ignores ``cfg_scale`` (any value gives the same digits; the scale baked
+in is in the metadata as ``distilled_cfg_scale``), just as the Python sampler runs it at ``cfg_scale`` 1.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ FUNCTION = "velocity"
 VELOCITY_INPUTS = ("sample", "timestep", "class_labels")
 INPUTS = ("noise", "class_labels", "cfg_scale")
 OUTPUT = "images"
+GUIDANCE = ("cfg", "distilled")
 
 
 def timestep_value(t: float) -> np.float32:
@@ -92,26 +99,48 @@ class _Builder:
 
 
 def build_sampler(
-    velocity, solver: str, steps: int, shift: float = 1.0, metadata: dict[str, str] | None = None
+    velocity,
+    solver: str,
+    steps: int,
+    shift: float = 1.0,
+    metadata: dict[str, str] | None = None,
+    guidance: str | None = None,
 ):
-    """Wrap a velocity ModelProto into the sampler ModelProto (solver and steps fixed here)."""
+    """Wrap a velocity ModelProto into the sampler ModelProto (solver and steps fixed here).
+
+    ``guidance``: ``"cfg"`` (doubled batch, ``cfg_scale`` used) or ``"distilled"`` (one call per stage,
+    ``cfg_scale`` ignored); by default the ``guidance`` entry of ``metadata``, else ``"cfg"``.
+    """
     import onnx
     from onnx import TensorProto, helper
 
     from fm_edge.export.metadata import set_metadata
 
     check_solver(solver, steps)
+    guidance = guidance or (metadata or {}).get("guidance", "cfg")
+    if guidance not in GUIDANCE:
+        raise UsageError(f"unknown guidance {guidance!r}: choose one of {', '.join(GUIDANCE)}")
     func, inits = velocity_function(velocity)
     opset = next(o.version for o in velocity.opset_import if o.domain in ("", "ai.onnx"))
     b = _Builder(opset)
     weights = [f"w{i}" for i in range(len(inits))]
 
     # 1. guidance batch: labels2 = [class_labels, 10, ..., 10], and its shape [2B] for the timesteps
-    null = b.op("Add", b.op("Mul", "class_labels", b.const(0, np.int64)), b.const(NULL_LABEL, np.int64))
-    labels2 = b.op("Concat", "class_labels", null, axis=0, hint="labels2")
-    shape2 = b.op("Shape", labels2, hint="shape2")
+    #    (a distilled student needs neither: its calls take x, class_labels and their shape [B])
+    if guidance == "cfg":
+        null = b.op("Add", b.op("Mul", "class_labels", b.const(0, np.int64)), b.const(NULL_LABEL, np.int64))
+        labels2 = b.op("Concat", "class_labels", null, axis=0, hint="labels2")
+        shape2 = b.op("Shape", labels2, hint="shape2")
+    else:
+        shape1 = b.op("Shape", "class_labels", hint="shape1")
+
+    def v_distilled(x: str, t: float) -> str:
+        tt = b.op("Expand", b.const([timestep_value(t)]), shape1, hint="t")
+        return b.op(FUNCTION, x, tt, "class_labels", *weights, domain=DOMAIN, hint="v")
 
     def v(x: str, t: float) -> str:
+        if guidance == "distilled":
+            return v_distilled(x, t)
         x2 = b.op("Concat", x, x, axis=0, hint="x2")
         tt = b.op("Expand", b.const([timestep_value(t)]), shape2, hint="t")
         both = b.op(FUNCTION, x2, tt, labels2, *weights, domain=DOMAIN, hint="vv")
@@ -182,9 +211,8 @@ def build_sampler(
     opsets = [o for o in velocity.opset_import if o.domain != DOMAIN] + [helper.make_opsetid(DOMAIN, 1)]
     model = helper.make_model(graph, opset_imports=opsets, functions=[func], producer_name="fm-edge")
     model.ir_version = max(velocity.ir_version, 8)  # model-local functions need IR >= 8
-    model.doc_string = (
-        f"fm-edge sampler: {solver} x {steps} steps, CFG in-graph, uint8 digits (see metadata_props)"
-    )
+    how = "CFG in-graph" if guidance == "cfg" else "guidance distilled into the weights, cfg_scale ignored"
+    model.doc_string = f"fm-edge sampler: {solver} x {steps} steps, {how}, uint8 digits (see metadata_props)"
     set_metadata(model, metadata or {})
     onnx.checker.check_model(model)
     return model

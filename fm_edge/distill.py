@@ -1,0 +1,485 @@
+"""Guidance distillation: a one-step (or two-step) student from a classifier-free-guided teacher.
+
+The student is the teacher's own ``UNet2DModel`` (same config, initialised from the teacher's weights) whose
+single forward pass per step replaces the teacher's guided pair ``v_u + S (v_c - v_u)``: the guidance scale S
+is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubled batch). Two methods:
+
+- ``pairs`` (rectified-flow distillation, Liu et al. 2022): the teacher's guided ODE maps noise x1 to a
+  sample x0_T; the student learns the straight path between them, x_t = (1-t) x0_T + t x1 with target
+  x1 - x0_T, t drawn with extra mass at t=1 (and at 0.5 for 2 steps), so one Euler step from t=1 gives
+  x1 - v(x1, 1) = x0_T. The pairs are generated once (in chunks, atomically) and cached in ``OUT/pairs/``.
+- ``progressive`` (Salimans & Ho 2022, with guidance folded in as in Meng et al. 2023), data-free: round 1
+  teaches one student Euler step to match two guided teacher Euler steps on the teacher's time grid; each
+  later round halves the steps again with the previous round's (frozen, EMA) student as its teacher, until
+  ``student_steps`` remain. Training states are the previous sampler's own trajectory from fresh noise.
+
+Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
+(seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
+kill repeats the uninterrupted run exactly. The result is ``OUT/model``: a checkpoint folder whose
+fm_edge.json says ``"guidance": "distilled"`` and records the distillation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fm_edge.errors import FmEdgeError, UsageError
+
+METHODS = ("pairs", "progressive")
+DEVICES = ("auto", "cpu", "cuda")
+CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
+PAIRS_DIR = "pairs"
+ROUNDS_DIR = "rounds"
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None  # None: the shipped checkpoint
+    output_dir: str
+    method: str = "pairs"
+    cfg_scale: float | None = None  # None: the teacher's recommended scale
+    student_steps: int = 1
+    pairs: int = 4096
+    teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
+    teacher_solver: str | None = None  # None: the teacher's recommended solver
+    batch_size: int = 64
+    lr: float = 3e-4
+    max_steps: int = 1000
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    t1_fraction: float = 0.5  # pairs: share of training times at the student's own grid points
+    seed: int = 0
+    num_threads: int | None = None
+    device: str = "auto"
+    bf16: bool = False
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.student_steps not in (1, 2):
+            raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
+        for name in ("pairs", "batch_size", "max_steps", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.t1_fraction <= 1:
+            raise UsageError(f"t1 fraction must be in [0, 1], got {self.t1_fraction}")
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.cfg_scale is not None:
+            from fm_edge.solvers import check_cfg
+
+            check_cfg(self.cfg_scale)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
+    """(teacher folder, its fm_edge.json, the teacher sampler to distil: solver, steps, cfg_scale, shift)."""
+    from fm_edge.artifacts import recommended_sampler
+    from fm_edge.model import read_fm_config, resolve
+    from fm_edge.solvers import check_solver
+
+    path = resolve(cfg.teacher)
+    fm = read_fm_config(path)
+    rec = recommended_sampler(fm.get("sampler"))
+    if rec.get("guidance") == "distilled":
+        raise UsageError(
+            f"teacher {str(path)!r} is itself a distilled student (guidance 'distilled'): "
+            "distil from a classifier-free-guided checkpoint written by fm-edge train"
+        )
+    s = {
+        "solver": cfg.teacher_solver or rec["solver"],
+        "steps": cfg.teacher_steps or rec["steps"],
+        "cfg_scale": float(rec["cfg_scale"] if cfg.cfg_scale is None else cfg.cfg_scale),
+        "shift": float(rec.get("shift", 1.0)),
+    }
+    if s["solver"] not in ("euler", "heun"):
+        raise UsageError(f"unknown teacher solver {s['solver']!r}: choose euler or heun")
+    check_solver(s["solver"], s["steps"])
+    if cfg.method == "progressive":
+        rounds = s["steps"] / cfg.student_steps
+        if s["solver"] != "euler":
+            raise UsageError("--method progressive halves an Euler grid: use --teacher-solver euler")
+        if rounds < 2 or rounds != 2 ** round(math.log2(rounds)):
+            raise UsageError(
+                f"--teacher-steps {s['steps']}: progressive needs {cfg.student_steps} x a power of 2 "
+                f"(>= {2 * cfg.student_steps}) teacher steps"
+            )
+    return path, fm, s
+
+
+# --- the pairs method ---
+
+
+def _pair_meta(teacher_hash: str, s: dict, seed: int, chunk: int) -> dict:
+    return {"teacher_sha256": teacher_hash, **s, "seed": seed, "chunk": chunk, "chunk_size": CHUNK}
+
+
+def pair_chunk_inputs(seed: int, chunk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise and labels of one chunk of pairs: labels uniform over 0-10 (10 keeps unconditional working)."""
+    from fm_edge.backends import make_noise
+
+    sub = seed * 1_000_003 + chunk + 1
+    labels = np.random.default_rng([sub, 7]).integers(0, 11, n).astype(np.int64)
+    return make_noise(n, sub), labels
+
+
+def teacher_pairs(
+    cfg: DistillConfig, teacher: Path, s: dict, device: str, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x1 noise, labels, x0 teacher samples) for cfg.pairs pairs, generated chunk by chunk or read back."""
+    from tqdm.auto import tqdm
+
+    from fm_edge.artifacts import weights_hash
+    from fm_edge.atomic import atomic_file, remove_leftovers
+    from fm_edge.backends import generate, torch_backend
+
+    folder = Path(cfg.output_dir) / PAIRS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder, "chunk-*")
+    teacher_hash = weights_hash(teacher)
+    backend = None
+    xs, ys, x0s = [], [], []
+    n_chunks = math.ceil(cfg.pairs / CHUNK)
+    with tqdm(
+        total=cfg.pairs, desc="teacher pairs", unit="pair", disable=not progress, file=sys.stderr
+    ) as bar:
+        for c in range(n_chunks):
+            n = min(CHUNK, cfg.pairs - c * CHUNK)
+            meta = _pair_meta(teacher_hash, s, cfg.seed, c)
+            path = folder / f"chunk-{c:05d}.npz"
+            cached = _read_chunk(path, meta, n)
+            if cached is None:
+                x1, y = pair_chunk_inputs(cfg.seed, c, CHUNK)
+                x1, y = x1[:n], y[:n]
+                if backend is None:
+                    backend = torch_backend(teacher, cfg.num_threads, device)
+                x0 = generate(
+                    backend, y, s["steps"], s["solver"], s["cfg_scale"], s["shift"], noise=x1, raw=True,
+                    batch_size=CHUNK,
+                )  # fmt: skip
+                with atomic_file(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, x1=x1, labels=y, x0=x0.astype(np.float32), meta=json.dumps(meta))
+                cached = (x1, y, x0)
+            for lst, a in zip((xs, ys, x0s), cached, strict=True):
+                lst.append(a)
+            bar.update(n)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(x0s)
+
+
+def _read_chunk(path: Path, meta: dict, n: int):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            if json.loads(str(z["meta"])) != meta or len(z["labels"]) != n:
+                return None
+            return z["x1"], z["labels"], z["x0"]
+    except Exception:  # a damaged cache file is regenerated
+        return None
+
+
+def sample_times(n: int, student_steps: int, t1_fraction: float, generator) -> object:
+    """Training times: with probability t1_fraction one of the student's Euler grid points (1, or 1 and
+    0.5), else uniform in (0, 1)."""
+    import torch
+
+    u = torch.rand(n, generator=generator)
+    t = torch.rand(n, generator=generator)
+    grid = torch.tensor([1.0] if student_steps == 1 else [1.0, 0.5])
+    pick = grid[torch.randint(len(grid), (n,), generator=generator)]
+    return torch.where(u < t1_fraction, pick, t)
+
+
+def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
+    """MSE between the student's velocity on the straight teacher path and x1 - x0_T."""
+    import torch
+
+    from fm_edge.convention import T_SCALE
+    from fm_edge.flow import interpolate
+
+    t = sample_times(len(x1), cfg.student_steps, cfg.t1_fraction, generator).to(x1.device)
+    pred = model(interpolate(x0, x1, t), t * T_SCALE, class_labels=labels).sample
+    return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float())
+
+
+# --- the progressive method ---
+
+
+def rounds_of(cfg: DistillConfig, s: dict) -> int:
+    return round(math.log2(s["steps"] / cfg.student_steps))
+
+
+def round_at(step: int, cfg: DistillConfig, n_rounds: int) -> int:
+    """0-based round of the (0-based) step: the steps are split evenly over the rounds."""
+    return min(n_rounds - 1, step * n_rounds // cfg.max_steps)
+
+
+def round_start(r: int, cfg: DistillConfig, n_rounds: int) -> int:
+    return next(s for s in range(cfg.max_steps + 1) if round_at(s, cfg, n_rounds) >= r)
+
+
+def progressive_batch(prev, grid: list[float], x1, labels):
+    """States at every second point of the fine ``grid`` along the previous sampler's own Euler trajectory,
+    and the velocity that makes one student step from each equal two previous steps (targets)."""
+    import torch
+
+    xs, ts, targets = [], [], []
+    x = x1
+    with torch.no_grad():
+        for i in range(0, len(grid) - 1, 2):
+            ta, tb, tc = grid[i], grid[i + 1], grid[i + 2]
+            xb = x - (ta - tb) * prev(x, ta, labels)
+            xc = xb - (tb - tc) * prev(xb, tb, labels)
+            xs.append(x)
+            ts.append(torch.full((len(x),), ta, device=x.device))
+            targets.append((x - xc) / (ta - tc))
+            x = xc
+    return torch.cat(xs), torch.cat(ts), torch.cat(targets), torch.cat([labels] * len(xs))
+
+
+def progressive_loss(model, prev, grid, x1, labels):
+    import torch
+
+    from fm_edge.convention import T_SCALE
+
+    x, t, target, y = progressive_batch(prev, grid, x1, labels)
+    pred = model(x, t * T_SCALE, class_labels=y).sample
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+# --- the run ---
+
+
+def _write_student(out: Path, model, ema, cfg: DistillConfig, state: dict, fm: dict, record: dict) -> Path:
+    """OUT/model: save_pretrained with the EMA weights, fm_edge.json (distilled sampler), model card."""
+    import copy
+
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.atomic import atomic_dir
+    from fm_edge.card import write_card
+    from fm_edge.model import fm_config
+
+    student = copy.deepcopy(model)
+    ema.copy_to(student.parameters())
+    shift = record["teacher_sampler"]["shift"] if cfg.method == "progressive" else 1.0
+    sampler = {
+        "solver": "euler",
+        "steps": cfg.student_steps,
+        "cfg_scale": 1.0,
+        "shift": shift,
+        "guidance": "distilled",
+        "distilled_cfg_scale": record["teacher_sampler"]["cfg_scale"],
+    }
+    record = dict(
+        record, steps=state["step"], images_seen=state["images_seen"],
+        seconds=round(state["train_seconds"], 1), final_loss_ema=state.get("loss_ema"),
+    )  # fmt: skip
+    config = fm_config(fm.get("preset", "unknown"), sampler=sampler, distillation=record, training=record)
+    final = out / "model"
+    with atomic_dir(final) as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        (tmp / FM_CONFIG).write_text(json.dumps(config, indent=1))
+        write_card(tmp, config)
+    return final
+
+
+def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """Distil ``cfg.teacher`` into a student; returns the student checkpoint folder ``OUT/model``."""
+    cfg.validate()
+    teacher, fm, s = teacher_settings(cfg)
+    device = resolve_device(cfg.device)
+    from fm_edge.atomic import prepare_output_dir, remove_leftovers
+
+    out, _ = prepare_output_dir(cfg.output_dir)
+    import torch
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from fm_edge.artifacts import weights_hash
+    from fm_edge.model import load, velocity_fn
+    from fm_edge.solvers import guided, time_grid
+    from fm_edge.train import _load_checkpoint, _save_checkpoint, latest_checkpoint
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    for name in ("checkpoint-*", "model"):  # what a killed run was writing
+        remove_leftovers(out, name)
+    record = {
+        "method": cfg.method,
+        "teacher": str(teacher),
+        "teacher_sha256": weights_hash(teacher),
+        "teacher_sampler": s,
+        "student_steps": cfg.student_steps,
+        "pairs": cfg.pairs if cfg.method == "pairs" else None,
+        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("teacher", "output_dir")},
+    }
+    t_gen = time.time()
+    if cfg.method == "pairs":
+        x1_all, y_all, x0_all = (
+            torch.from_numpy(a).to(device) for a in teacher_pairs(cfg, teacher, s, device, progress)
+        )
+        record["pairs_seconds"] = round(time.time() - t_gen, 1)
+    else:
+        tmodel, _ = load(teacher, device=device)
+        teacher_v = guided(velocity_fn(tmodel), s["cfg_scale"])
+        n_rounds = rounds_of(cfg, s)
+        record["rounds"] = [s["steps"] // 2**r for r in range(n_rounds + 1)]
+
+    model, _ = load(teacher, device=device)  # the student starts as the teacher
+    model.train()
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": [], "record": record}
+    if resume:
+        path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if path is None:
+            print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
+        elif not (path / "state.json").is_file():
+            raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
+        else:
+            state = _load_checkpoint(path, model, ema, optimizer)
+            old = state.get("record", {})
+            for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
+                if old.get(key) != record[key]:
+                    raise UsageError(
+                        f"--resume: {str(path)!r} was distilled with {key}={old.get(key)!r}, "
+                        f"not {record[key]!r}: use another -o folder"
+                    )
+            print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
+    ema.to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+    step, t_start = state["step"], time.time()
+    loss_ema = state.get("loss_ema")
+    perm, perm_epoch = None, -1
+    prev, prev_round = None, -1
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, desc=f"distill ({cfg.method})",
+               unit="step", file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+    while step < cfg.max_steps:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        if cfg.method == "pairs":
+            # 1. this step's pairs: a seeded permutation per epoch
+            n = len(x1_all)
+            per_epoch = max(1, n // cfg.batch_size)
+            epoch, within = divmod(step, per_epoch)
+            if epoch != perm_epoch:
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+                perm_epoch = epoch
+            idx = perm[within * cfg.batch_size :][: cfg.batch_size]
+            x1, y, x0 = (a[idx].to(device) for a in (x1_all, y_all, x0_all))
+            with autocast:
+                loss = _loss(model, x1, y, x0, gen, cfg)
+            seen = len(idx)
+        else:
+            # 1. this round's teacher: the guided teacher, then the previous round's frozen student
+            r = round_at(step, cfg, n_rounds)
+            if r != prev_round:
+                prev = (
+                    teacher_v if r == 0 else _round_teacher(out, r, step, cfg, n_rounds, model, ema, device)
+                )
+                prev_round = r
+                grid = time_grid(s["steps"] // 2**r, s["shift"])
+            x1 = torch.randn((cfg.batch_size, 1, 32, 32), generator=gen).to(device)
+            y = torch.randint(0, 11, (cfg.batch_size,), generator=gen).to(device)
+            with autocast:
+                loss = _progressive(model, prev, grid, x1, y)
+            seen = cfg.batch_size
+        # 2. backward, clip, update, EMA
+        if not torch.isfinite(loss):
+            raise FmEdgeError(
+                f"loss is {loss.item()} at step {step + 1}: stopping (lower --lr); the last checkpoint is intact"
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        step += 1
+        # 3. bookkeeping
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        state.update(step=step, images_seen=state["images_seen"] + seen, loss_ema=loss_ema)
+        state["losses"].append([step, round(lv, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            state["train_seconds"] += time.time() - t_start
+            t_start = time.time()
+            _save_checkpoint(out, step, model, ema, optimizer, state, cfg.keep_checkpoints)
+    bar.close()
+    state["train_seconds"] += time.time() - t_start
+    return _write_student(out, model, ema, cfg, state, fm, state.get("record", record))
+
+
+def _loss(model, x1, y, x0, gen, cfg):  # module-level so tests can hook a step
+    return pairs_loss(model, x1, y, x0, gen, cfg)
+
+
+def _progressive(model, prev, grid, x1, y):  # module-level so tests can hook a step
+    return progressive_loss(model, prev, grid, x1, y)
+
+
+def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema, device):
+    """Round r's teacher: the EMA student frozen when round r began (saved, so a resume reloads it)."""
+    import copy
+
+    from safetensors.torch import load_file, save_file
+
+    from fm_edge.atomic import atomic_file
+    from fm_edge.model import velocity_fn
+
+    frozen = copy.deepcopy(model).eval()
+    path = out / ROUNDS_DIR / f"round-{r}.safetensors"
+    if step == round_start(r, cfg, n_rounds):  # the round begins now: freeze the EMA weights
+        ema.copy_to(frozen.parameters())
+        path.parent.mkdir(exist_ok=True)
+        with atomic_file(path) as tmp:
+            save_file({k: v.contiguous() for k, v in frozen.state_dict().items()}, tmp)
+    else:  # resumed inside the round
+        if not path.is_file():
+            raise FmEdgeError(f"{str(path)!r} is missing: cannot resume round {r} (start a new -o folder)")
+        frozen.load_state_dict(load_file(path, device=str(device)))
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return velocity_fn(frozen)
+
+
+def main(args) -> Path:
+    """``fm-edge distill``: build a DistillConfig from the CLI flags and distil."""
+    cfg = DistillConfig(
+        teacher=args.teacher,
+        output_dir=args.output_dir,
+        method=args.method,
+        cfg_scale=args.cfg_scale,
+        student_steps=args.student_steps,
+        pairs=args.pairs,
+        teacher_steps=args.teacher_steps,
+        teacher_solver=args.teacher_solver,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        num_threads=args.num_threads,
+        device=args.device,
+        bf16=args.bf16,
+    )
+    return distill(cfg, resume=args.resume)
