@@ -1,0 +1,105 @@
+"""Digits per second against quality: sampler ONNX files (teacher and student, fp32 and int8) timed on the same
+machine in one alternating loop, and their FD on the same noise. Writes a JSON table and a plot.
+
+    python scripts/tradeoff.py NAME=PATH/sampler.onnx [NAME=PATH ...] -o docs/results/tradeoff.json \\
+        --plot docs/tradeoff.png [--num-threads 2] [--quality-samples 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fm_edge.artifacts import sha256
+from fm_edge.atomic import write_bytes
+from fm_edge.backends import make_noise
+from fm_edge.convention import default_labels
+from fm_edge.envinfo import collect
+from fm_edge.evaluate import evaluate_images
+from fm_edge.runtime import OnnxSampler
+from fm_edge.timing import median, paired_speedup, time_alternating
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", help="NAME=path/to/sampler.onnx; the first is the baseline")
+    p.add_argument("-o", "--output", required=True, help="the JSON table")
+    p.add_argument("--plot", default=None, help="also draw digits/s against FD here (PNG)")
+    p.add_argument("--batch-sizes", default="1,64")
+    p.add_argument("--rounds", type=int, default=15, help="alternating timed rounds per batch size")
+    p.add_argument("--quality-samples", type=int, default=2000)
+    p.add_argument("--num-threads", type=int, default=2)
+    args = p.parse_args(argv)
+    samplers = {}
+    for spec in args.files:
+        name, _, path = spec.partition("=")
+        samplers[name] = OnnxSampler(path, num_threads=args.num_threads)
+    base = next(iter(samplers))
+    rows = {n: {"name": n, "file": str(s.path), "sha256": sha256(s.path), "metadata": {
+        k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
+                                        "precision", "checkpoint_sha256")}} for n, s in samplers.items()}  # fmt: skip
+    for b in (int(v) for v in args.batch_sizes.split(",")):
+        noise, labels = make_noise(b, 0), default_labels(b)
+        fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
+        times = time_alternating(fns, args.rounds, warmup=2)
+        for n in samplers:
+            rows[n][f"ms_per_image_b{b}"] = round(1000 * median(times[n]) / b, 3)
+            rows[n][f"images_per_s_b{b}"] = round(b / median(times[n]), 1)
+            rows[n][f"speedup_vs_{base}_b{b}"] = round(paired_speedup(times[base], times[n]), 2)
+        print(
+            f"batch {b}: " + ", ".join(f"{n} {rows[n][f'ms_per_image_b{b}']:.2f} ms" for n in samplers),
+            file=sys.stderr,
+        )
+    n = args.quality_samples
+    labels, noise = default_labels(n), make_noise(n, 0)
+    for name, s in samplers.items():
+        imgs = np.concatenate([s(noise[i : i + 250], labels[i : i + 250]) for i in range(0, n, 250)])
+        r = evaluate_images(imgs, labels)
+        rows[name].update(
+            fd=round(r["fd"], 3), fd_floor=round(r["fd_floor"], 3), label_accuracy=r["label_accuracy"]
+        )
+        print(
+            f"{name}: FD {r['fd']:.2f} (floor {r['fd_floor']:.2f}), accuracy {r['label_accuracy']:.1%}",
+            file=sys.stderr,
+        )
+    env = collect()
+    out = {"cpu": env["cpu"], "int8_path": env["int8_path"], "onnxruntime": env["onnxruntime"],
+           "num_threads": args.num_threads, "rounds": args.rounds, "quality_samples": n, "baseline": base,
+           "rows": list(rows.values())}  # fmt: skip
+    write_bytes(args.output, (json.dumps(out, indent=1) + "\n").encode())
+    if args.plot:
+        plot(out, Path(args.plot))
+    print(args.output)
+    return 0
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fm_edge.atomic import atomic_file
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, b in zip(axes, (1, 64)):
+        for r in out["rows"]:
+            ax.scatter(r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"], s=50)
+            ax.annotate(r["name"], (r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.set(xscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
+               ylabel="FD / FD of real digits (lower is better)", title=f"batch {b}")  # fmt: skip
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{out['cpu']} ({out['int8_path']}), onnxruntime {out['onnxruntime']}", fontsize=9)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
