@@ -23,6 +23,43 @@ BENCH_BACKENDS = (
 )  # fmt: skip
 
 
+#: command -> (one-line summary for fm-edge --help, description for fm-edge COMMAND --help)
+HELP = {
+    "train": (
+        "train a flow-matching UNet on MNIST (resumable)",
+        "Writes checkpoint-<step>/ folders (weights, EMA, optimizer; atomic) and, at the end, model/: a diffusers save_pretrained folder with the EMA weights, fm_edge.json and a model card.",
+    ),
+    "distill": (
+        "distil a guided teacher into a one-step student (guidance baked in; resumable)",
+        "Writes checkpoint-<step>/ folders (atomic, resumable like train) and model/: a checkpoint of the same UNet that samples in 1 (or 2) Euler steps with one network evaluation per step and no CFG batch.",
+    ),
+    "sample": (
+        "sample digits in a few ODE steps",
+        "Starts from seeded noise and integrates the learned velocity from t=1 (noise) to t=0 (digits) with the checkpoint's recommended solver, steps, CFG scale and shift unless flags override them.",
+    ),
+    "evaluate": (
+        "FD, label accuracy and class histogram of samples.npz (or --nfe-curve)",
+        "Reads the digits through the project's MNIST classifier: FD against MNIST test beside the FD of as many real train digits (the floor), the share read as the requested digit, and the class histogram.",
+    ),
+    "export": (
+        "export the velocity net and the whole sampler to ONNX (--int8: quantize)",
+        "Writes velocity.onnx and sampler.onnx (noise, labels, CFG scale -> uint8 digits), each checked against PyTorch before it lands; --int8 adds velocity_int8.onnx, sampler_int8.onnx and quantization.json.",
+    ),
+    "bench": (
+        "latency and quality of every backend; table, JSON and PNG",
+        "Each backend runs in its own process on the same noise: warm-up, then the median of --repeats timed runs per batch size and NFE, peak memory, model size and (unless --quality-samples 0) FD.",
+    ),
+    "demo": (
+        "Gradio demo: int8 next to fp32 from the same noise",
+        "Serves a page (127.0.0.1 unless --host says otherwise) that samples the same noise through velocity.onnx and velocity_int8.onnx, and through PyTorch when torch is installed.",
+    ),
+    "env": (
+        "versions, CPU features and providers (for bug reports)",
+        "Prints the versions of fm-edge's dependencies, the CPU's int8/bf16 features and ORT's providers.",
+    ),
+}
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" after a flag's help, except where there is nothing to say (None, False) or the
     help already says it."""
@@ -93,17 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = sub.add_parser
 
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    def command(name: str) -> argparse.ArgumentParser:
+        summary, description = HELP[name]
         return add(name, help=summary, description=f"{summary}.\n\n{description}", formatter_class=_Formatter)
 
     sub.add_parser = command  # every subcommand gets a description and shows its defaults
 
-    p = sub.add_parser(
-        "train",
-        "train a flow-matching UNet on MNIST (resumable)",
-        "Writes checkpoint-<step>/ folders (weights, EMA, optimizer; atomic) and, at the end, model/: a diffusers "
-        "save_pretrained folder with the EMA weights, fm_edge.json and a model card.",
-    )
+    p = sub.add_parser("train")
     p.add_argument("-o", "--output-dir", default="runs/compact", help="run folder (checkpoints and model/)")
     p.add_argument("--preset", default="compact", help="model preset: compact, edge, ddpm-cifar10-32 or tiny")
     p.add_argument(
@@ -150,12 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     _seed_and_threads(p, "seed of the weights, batch order and noise", "CPU threads for torch")
 
-    p = sub.add_parser(
-        "distill",
-        "distil a guided teacher into a one-step student (guidance baked in; resumable)",
-        "Writes checkpoint-<step>/ folders (atomic, resumable like train) and model/: a checkpoint of the same "
-        "UNet that samples in 1 (or 2) Euler steps with one network evaluation per step and no CFG batch.",
-    )
+    p = sub.add_parser("distill")
     p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the shipped one)")
     p.add_argument(
         "-o", "--output-dir", default="runs/student", help="run folder (pairs, checkpoints, model/)"
@@ -175,21 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=1000, help="student training steps")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint-<step> folder")
-    p.add_argument(
-        "--init-from",
-        default=None,
-        help="start from this checkpoint folder's weights (same preset; fresh optimizer, EMA and schedule)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _device_flag(p, "where the teacher and the student run")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16)")
     _seed_and_threads(p, "seed of the pairs, batch order and times", "CPU threads for torch")
 
-    p = sub.add_parser(
-        "sample",
-        "sample digits in a few ODE steps",
-        "Starts from seeded noise and integrates the learned velocity from t=1 (noise) to t=0 (digits) with the "
-        "checkpoint's recommended solver, steps, CFG scale and shift unless flags override them.",
-    )
+    p = sub.add_parser("sample")
     p.add_argument(
         "--model",
         default=None,
@@ -223,12 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="samples.png", help="out.npz (images, labels) or out.png (grid)")
     _seed_and_threads(p, "seed of the starting noise", "CPU threads (torch and ONNX Runtime)")
 
-    p = sub.add_parser(
-        "evaluate",
-        "FD, label accuracy and class histogram of samples.npz (or --nfe-curve)",
-        "Reads the digits through the project's MNIST classifier: FD against MNIST test beside the FD of as many "
-        "real train digits (the floor), the share read as the requested digit, and the class histogram.",
-    )
+    p = sub.add_parser("evaluate")
     p.add_argument("samples", nargs="?", help="an .npz written by fm-edge sample -o x.npz")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
     p.add_argument("--nfe-curve", action="store_true", help="instead: quality against NFE for a checkpoint")
@@ -245,12 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p, "where the classifier and the --nfe-curve sampler run")
     _seed_and_threads(p, "--nfe-curve: seed of the starting noise", "CPU threads for torch")
 
-    p = sub.add_parser(
-        "export",
-        "export the velocity net and the whole sampler to ONNX (--int8: quantize)",
-        "Writes velocity.onnx and sampler.onnx (noise, labels, CFG scale -> uint8 digits), each checked against "
-        "PyTorch before it lands; --int8 adds velocity_int8.onnx, sampler_int8.onnx and quantization.json.",
-    )
+    p = sub.add_parser("export")
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("-o", "--output-dir", default="onnx", help="folder for velocity.onnx, sampler.onnx, ...")
     p.add_argument(
@@ -272,12 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         p, "seed of the validation and calibration noise", "CPU threads (torch and ONNX Runtime)"
     )
 
-    p = sub.add_parser(
-        "bench",
-        "latency and quality of every backend; table, JSON and PNG",
-        "Each backend runs in its own process on the same noise: warm-up, then the median of --repeats timed "
-        "runs per batch size and NFE, peak memory, model size and (unless --quality-samples 0) FD.",
-    )
+    p = sub.add_parser("bench")
     p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
     p.add_argument("--onnx-dir", default=None, help="folder with the exported .onnx files (default: shipped)")
     p.add_argument("-o", "--output-dir", default="bench", help="where bench.json and bench.png go")
@@ -299,12 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _seed_and_threads(p, "seed of the starting noise", "CPU threads (torch and ONNX Runtime)")
 
-    p = sub.add_parser(
-        "demo",
-        "Gradio demo: int8 next to fp32 from the same noise",
-        "Serves a page (127.0.0.1 unless --host says otherwise) that samples the same noise through "
-        "velocity.onnx and velocity_int8.onnx, and through PyTorch when torch is installed.",
-    )
+    p = sub.add_parser("demo")
     p.add_argument(
         "--model", default=None, help="folder with velocity.onnx and velocity_int8.onnx (default: shipped)"
     )
@@ -318,12 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p, "where the models run (ONNX: CUDA provider with onnxruntime-gpu)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")
 
-    sub.add_parser(
-        "env",
-        "versions, CPU features and providers (for bug reports)",
-        "Prints the versions of fm-edge's dependencies, the CPU's int8/bf16 features and ORT's providers.",
-    )
+    sub.add_parser("env")
     return parser
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """A config dataclass filled from the parsed flags of the same names (the rest keep their defaults)."""
+    import dataclasses
+
+    given = vars(args)
+    return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
 
 
 # command -> (module, function); each function takes the parsed args and returns the artifact path or None

@@ -82,14 +82,6 @@ class DistillConfig:
             check_cfg(self.cfg_scale)
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
     """(teacher folder, its fm_edge.json, the teacher sampler to distil: solver, steps, cfg_scale, shift)."""
     from fm_edge.artifacts import recommended_sampler
@@ -270,15 +262,8 @@ def progressive_loss(model, prev, grid, x1, labels):
 
 def _write_student(out: Path, model, ema, cfg: DistillConfig, state: dict, fm: dict, record: dict) -> Path:
     """OUT/model: save_pretrained with the EMA weights, fm_edge.json (distilled sampler), model card."""
-    import copy
+    from fm_edge.model import fm_config, save_inference_folder
 
-    from fm_edge.artifacts import FM_CONFIG
-    from fm_edge.atomic import atomic_dir
-    from fm_edge.card import write_card
-    from fm_edge.model import fm_config
-
-    student = copy.deepcopy(model)
-    ema.copy_to(student.parameters())
     shift = record["teacher_sampler"]["shift"] if cfg.method == "progressive" else 1.0
     sampler = {
         "solver": "euler",
@@ -293,20 +278,17 @@ def _write_student(out: Path, model, ema, cfg: DistillConfig, state: dict, fm: d
         seconds=round(state["train_seconds"], 1), final_loss_ema=state.get("loss_ema"),
     )  # fmt: skip
     config = fm_config(fm.get("preset", "unknown"), sampler=sampler, distillation=record, training=record)
-    final = out / "model"
-    with atomic_dir(final) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-        (tmp / FM_CONFIG).write_text(json.dumps(config, indent=1))
-        write_card(tmp, config)
-    return final
+    return save_inference_folder(out, model, ema, config)
 
 
 def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Distil ``cfg.teacher`` into a student; returns the student checkpoint folder ``OUT/model``."""
     cfg.validate()
     teacher, fm, s = teacher_settings(cfg)
-    device = resolve_device(cfg.device)
     from fm_edge.atomic import prepare_output_dir, remove_leftovers
+    from fm_edge.backends import torch_device
+
+    device = torch_device(cfg.device)
 
     out, _ = prepare_output_dir(cfg.output_dir)
     import torch
@@ -464,22 +446,7 @@ def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema,
 
 def main(args) -> Path:
     """``fm-edge distill``: build a DistillConfig from the CLI flags and distil."""
-    cfg = DistillConfig(
-        teacher=args.teacher,
-        output_dir=args.output_dir,
-        method=args.method,
-        cfg_scale=args.cfg_scale,
-        student_steps=args.student_steps,
-        pairs=args.pairs,
-        teacher_steps=args.teacher_steps,
-        teacher_solver=args.teacher_solver,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        num_threads=args.num_threads,
-        device=args.device,
-        bf16=args.bf16,
-    )
+    from fm_edge.cli import config_from_args
+
+    cfg = config_from_args(DistillConfig, args)
     return distill(cfg, resume=args.resume)

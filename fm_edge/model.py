@@ -120,6 +120,26 @@ def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
     return model.to(device).eval(), read_fm_config(path)
 
 
+def save_inference_folder(out_dir: str | os.PathLike, model, ema, config: dict) -> Path:
+    """``out_dir/model``, atomically: the EMA weights as a diffusers save_pretrained folder (contiguous, so
+    also after --channels-last), ``fm_edge.json`` = ``config`` and the model card."""
+    import copy
+
+    import torch
+
+    from fm_edge.atomic import atomic_dir
+    from fm_edge.card import write_card
+
+    ema_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    ema.copy_to(ema_model.parameters())
+    final = Path(out_dir) / "model"
+    with atomic_dir(final) as tmp:
+        ema_model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / FM_CONFIG).write_text(json.dumps(config, indent=1))
+        write_card(tmp, config)
+    return final
+
+
 def velocity_fn(model, bf16: bool = False):
     """The torch backend: ``velocity(x, t, labels)`` with t in [0, 1] (a float or a [B] tensor).
 

@@ -187,15 +187,8 @@ def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
 
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
-    import copy
+    from fm_edge.model import fm_config, save_inference_folder
 
-    import torch
-
-    from fm_edge.card import write_card
-    from fm_edge.model import FM_CONFIG, fm_config
-
-    ema_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # undo --channels-last
-    ema.copy_to(ema_model.parameters())
     config = fm_config(
         cfg.preset,
         sampler=sampler,
@@ -208,12 +201,7 @@ def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, s
             "final_loss_ema": state.get("loss_ema"),
         },
     )
-    final = out_dir / "model"
-    with atomic_dir(final) as tmp:
-        ema_model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / FM_CONFIG).write_text(json.dumps(config, indent=1))
-        write_card(tmp, config)
-    return final
+    return save_inference_folder(out_dir, model, ema, config)
 
 
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
@@ -394,30 +382,9 @@ def _init_weights(cfg: TrainConfig) -> dict:
 
 def main(args) -> Path:
     """``fm-edge train``: build a TrainConfig from the CLI flags and train."""
-    cfg = TrainConfig(
-        output_dir=args.output_dir,
-        preset=args.preset,
-        data=args.data,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every,
-        time_sampling=args.time_sampling,
-        label_dropout=args.label_dropout,
-        ot_coupling=args.ot_coupling,
-        ema_decay=args.ema_decay,
-        bf16=args.bf16,
-        compile=args.compile,
-        channels_last=args.channels_last,
-        limit=args.limit,
-        seed=args.seed,
-        num_threads=args.num_threads,
-        init_from=getattr(args, "init_from", None),
-    )
+    from fm_edge.cli import config_from_args
+
+    cfg = config_from_args(TrainConfig, args)
     from fm_edge.model import PRESETS
 
     if cfg.preset not in PRESETS:
