@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fm_edge.backends import generate
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import nfe
@@ -33,7 +34,7 @@ def nfe_curve(
 
     ``backend`` samples (torch or onnx); ``reference_backend`` (torch, default ``backend``) runs dopri5.
     """
-    from fm_edge.backends import generate, make_noise
+    from fm_edge.backends import make_noise
     from fm_edge.evaluate import evaluate_images
     from fm_edge.reference import reference_solve
 
@@ -67,6 +68,32 @@ def nfe_curve(
         real = evaluate_images(decode_uint8(ref), labels[:reference_n])
         out["reference"] = {"n": reference_n, "nfe": ref_calls, "label_accuracy": real["label_accuracy"]}
     return out
+
+
+def sweep(
+    backend, n: int, cfg_scales, shifts, steps: int = 4, solver: str = "euler", seed: int = 1
+) -> list[dict]:
+    """FD and label accuracy for every (CFG scale, shift) at one solver and step count, same n noises."""
+    from fm_edge.evaluate import evaluate_images
+
+    labels = default_labels(n)
+    rows = []
+    for cfg in cfg_scales:
+        for shift in shifts:
+            imgs = generate(backend, labels, steps, solver, cfg, shift, seed=seed)
+            r = evaluate_images(imgs, labels)
+            rows.append(dict(solver=solver, steps=steps, cfg_scale=cfg, shift=shift, fd=r["fd"],
+                             label_accuracy=r["label_accuracy"]))  # fmt: skip
+            print(f"sweep {solver} x {steps}, cfg {cfg:g}, shift {shift:g}: FD {r['fd']:.2f}, "
+                  f"accuracy {r['label_accuracy']:.1%}", file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def best_setting(rows: list[dict], min_accuracy: float = 0.98) -> dict:
+    """The (solver, steps, CFG scale, shift) with the lowest FD among those that keep the labels."""
+    ok = [r for r in rows if r["fd"] is not None and r["label_accuracy"] >= min_accuracy] or rows
+    best = min(ok, key=lambda r: r["fd"])
+    return {k: best[k] for k in ("solver", "steps", "cfg_scale", "shift")}
 
 
 def format_row(r: dict) -> str:

@@ -14,7 +14,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,8 @@ from fm_edge.artifacts import FM_CONFIG, SHIPPED  # noqa: E402
 from fm_edge.backends import generate, onnx_backend, torch_backend  # noqa: E402
 from fm_edge.card import write_card  # noqa: E402
 from fm_edge.convention import default_labels  # noqa: E402
-from fm_edge.curve import format_row, nfe_curve, plot  # noqa: E402
+from fm_edge.curve import best_setting, format_row, nfe_curve, plot  # noqa: E402
+from fm_edge.curve import sweep as curve_sweep  # noqa: E402
 from fm_edge.evaluate import evaluate_images  # noqa: E402
 from fm_edge.images import grid, png_bytes  # noqa: E402
 from fm_edge.model import read_fm_config  # noqa: E402
@@ -63,38 +63,18 @@ def main():
     ob = onnx_backend(tmp_onnx / "velocity.onnx", num_threads=args.threads)
     tb = torch_backend(SHIPPED, num_threads=args.threads)
 
-    # 3. CFG / shift / solver sweep at NFE 4
-    labels = default_labels(n_sweep)
-    sweep = []
+    # 3. CFG / shift sweep at NFE 4
     cached = res_dir / "sweep.json"
     if cached.exists() and not args.quick:  # the sweep is the slow part: reuse a finished one
         sweep = json.loads(cached.read_text())["rows"]
-    for solver, steps in () if sweep else (("euler", 4),):  # heun/midpoint at NFE 4: see the NFE curve
-        for cfg in (1.25, 1.5, 2.0, 3.0):
-            for shift in (1.0, 2.0):
-                t0 = time.time()
-                imgs = generate(ob, labels, steps, solver, cfg, shift, seed=1)
-                r = evaluate_images(imgs, labels)
-                row = dict(
-                    solver=solver,
-                    steps=steps,
-                    cfg_scale=cfg,
-                    shift=shift,
-                    fd=r["fd"],
-                    label_accuracy=r["label_accuracy"],
-                    seconds=round(time.time() - t0, 1),
-                )
-                sweep.append(row)
-                log("sweep", row)
-    sweep = [r for r in sweep if r.get("fd") is not None] + [r for r in sweep if r.get("fd") is None]
-    ok = [r for r in sweep if r["fd"] is not None and r["label_accuracy"] >= 0.95]
-    best = min(ok, key=lambda r: r["fd"])
-    sampler = {k: best[k] for k in ("solver", "steps", "cfg_scale", "shift")}
-    log("recommended", sampler)
-    if not cached.exists() or args.quick:
-        (res_dir / "sweep.json").write_text(
-            json.dumps({"n": n_sweep, "rows": sweep, "best": sampler}, indent=1)
+    else:
+        sweep = curve_sweep(ob, n_sweep, (1.25, 1.5, 2.0, 3.0), (1.0, 2.0))
+        cached.write_text(
+            json.dumps({"n": n_sweep, "rows": sweep, "best": best_setting(sweep, 0.95)}, indent=1)
         )
+    sampler = best_setting(sweep, 0.95)
+    best = next(r for r in sweep if all(r[k] == v for k, v in sampler.items()))
+    log("recommended", sampler)
     fm["sampler"] = sampler
     (SHIPPED / FM_CONFIG).write_text(json.dumps(fm, indent=1))
 

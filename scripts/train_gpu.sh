@@ -9,8 +9,11 @@
 # 2. probe: a short run measures steady images/s; scripts/gpu_plan.py turns TRAIN_SECONDS into steps
 # 3. train: cosine LR to zero, bf16, channels_last, a checkpoint about every minute in $OUT/teacher (a
 #    timeout keeps them; RESUME_DIR=<a copy of such a teacher folder> continues that run with its plan)
-# 4. evaluate: fm-edge sample (EVAL_SAMPLES digits, Euler 4 and 8 steps) and fm-edge evaluate
-# 5. distill: the hook for the student stage (see distill() below)
+# 4. pick the recommended CFG scale and shift (scripts/pick_sampler.py), then fm-edge sample (EVAL_SAMPLES
+#    digits, Euler 4 and 8 steps) and fm-edge evaluate
+# 5. distill (DISTILL=1, the default): a one-step student by progressive distillation, evaluated
+# One 600-s window fits stages 1-4 (DISTILL=0); a second window distils: TEACHER_DIR=<the teacher's model/>
+# skips stages 2-3.
 # Every knob below can be set in the environment. $OUT/summary.json holds the results; the last stdout line
 # is that JSON.
 set -euo pipefail
@@ -71,6 +74,9 @@ TRAIN_FLAGS=(--preset "$PRESET" --data "$DATA" --batch-size "$BATCH" --lr "$LR" 
 [[ -n $LIMIT ]] && TRAIN_FLAGS+=(--limit "$LIMIT")
 RUN="$OUT/teacher"
 
+TEACHER_DIR=${TEACHER_DIR:-}   # a trained teacher's model/ folder: skip stages 2-3 (e.g. a second window
+                               # that only distils; carry that folder, it is ~15 MB)
+train_teacher() {
 # --- 2. probe and plan (skipped when continuing a carried run: its plan is reused) ---
 if [[ -n $RESUME_DIR && -f $RESUME_DIR/plan.json ]]; then
     mkdir -p "$RUN" && cp -r "$RESUME_DIR"/. "$RUN"/
@@ -106,8 +112,18 @@ if [[ $RC != 0 ]]; then
 fi
 TRAIN_WALL=$((SECONDS - T_TRAIN))
 echo "train_gpu: teacher at $RUN/model after $TRAIN_WALL s of training ($((SECONDS - T0)) s in all)"
+}
+if [[ -n $TEACHER_DIR ]]; then
+    mkdir -p "$RUN/model" && cp -r "$TEACHER_DIR"/. "$RUN/model"/
+    TRAIN_WALL=0
+    echo "train_gpu: teacher $TEACHER_DIR (no training in this window)"
+else
+    train_teacher
+fi
 
-# --- 4. evaluate at 4 and 8 Euler steps (the checkpoint's recommended CFG scale and shift) ---
+# --- 4. pick the recommended CFG scale and shift (Euler 4, 1,000 digits), then evaluate at 4 and 8 steps ---
+python3 scripts/pick_sampler.py "$RUN/model" --num-samples "$((EVAL_SAMPLES < 1000 ? EVAL_SAMPLES : 1000))" \
+    2>>"$OUT/logs/eval.err" | tail -n 1
 for S in $EVAL_STEPS; do
     "${FM[@]}" sample --model "$RUN/model" --backend torch --device auto --solver euler --steps "$S" \
         --num-samples "$EVAL_SAMPLES" --batch-size 1000 -o "$OUT/euler$S.npz" 2>>"$OUT/logs/eval.err" >/dev/null
@@ -115,13 +131,34 @@ for S in $EVAL_STEPS; do
 done
 
 # --- 5. distillation hook ----------------------------------------------------------------------
-# DISTILL HOOK: the student stage goes here. It gets the teacher folder ($RUN/model) and $OUT, and should
-# write its results under $OUT/student and its summary fields to $OUT/distill.json (merged below).
-distill() {
-    local teacher=$1 out=$2
-    : "$teacher" "$out"   # no student stage yet
+# The student stage: $OUT/student (its run folder and model/), its evaluation in $OUT/distill.json (merged below).
+DISTILL=${DISTILL:-1}
+distill() {  # progressive distillation won on the CPU at equal compute (docs/results/distill_prototype.json)
+    local teacher=$1 out=$2 s=$2/student t=$SECONDS
+    local steps=${DISTILL_STEPS:-3000} batch=${DISTILL_BATCH:-256}
+    if [[ $SMOKE == 1 ]]; then steps=6 batch=8; fi
+    "${FM[@]}" distill --teacher "$teacher" -o "$s" --method "${DISTILL_METHOD:-progressive}" \
+        --teacher-solver euler --teacher-steps "${DISTILL_TEACHER_STEPS:-8}" --batch-size "$batch" \
+        --lr "${DISTILL_LR:-3e-4}" --max-steps "$steps" --checkpoint-every 500 --device auto \
+        "${PRECISION[@]}" --resume latest 2>>"$OUT/logs/distill.err" >/dev/null
+    "${FM[@]}" sample --model "$s/model" --backend torch --device auto --num-samples "$EVAL_SAMPLES" \
+        --batch-size 1000 -o "$out/student.npz" 2>>"$OUT/logs/eval.err" >/dev/null
+    "${FM[@]}" evaluate "$out/student.npz" --json "$out/student.json" 2>>"$OUT/logs/eval.err" >/dev/null
+    python3 - "$out" "$s" $((SECONDS - t)) <<'PY'
+import json, sys
+from pathlib import Path
+
+out, s, wall = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+r = json.loads((out / "student.json").read_text())
+fm = json.loads((s / "model" / "fm_edge.json").read_text())
+(out / "distill.json").write_text(json.dumps({
+    "model": str(s / "model"), "sampler": fm["sampler"], "distillation": fm["distillation"], "wall_s": wall,
+    "n": r["n"], "fd": r["fd"], "fd_floor": r["fd_floor"],
+    "fd_over_floor": r["fd"] / r["fd_floor"] if r["fd_floor"] else None, "label_accuracy": r["label_accuracy"],
+}))
+PY
 }
-distill "$RUN/model" "$OUT"
+[[ $DISTILL == 1 ]] && distill "$RUN/model" "$OUT"
 # -------------------------------------------------------------------------------------------------
 
 python3 - "$OUT" "$RUN" "$TRAIN_WALL" "$((SECONDS - T0))" "$EVAL_STEPS" <<'PY'
@@ -133,7 +170,7 @@ fm = json.loads((run / "model" / "fm_edge.json").read_text())
 tr = fm["training"]
 summary = {
     "preset": fm["preset"],
-    "plan": json.loads((run / "plan.json").read_text()),
+    "plan": json.loads((run / "plan.json").read_text()) if (run / "plan.json").is_file() else None,
     "steps": tr["steps"],
     "images_seen": tr["images_seen"],
     "train_seconds": tr["train_seconds"],

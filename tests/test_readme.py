@@ -38,8 +38,10 @@ def fm_edge_commands() -> list[str]:
 
 @pytest.fixture
 def workdir(tmp_path) -> Path:
-    """What a newcomer's working directory holds after the main job: the export in onnx/ (the shipped files
-    are a fresh export of the shipped checkpoint, tested in test_export.py)."""
+    """A newcomer's checkout after the main job, without touching the real one: the package (linked, so paths
+    like fm_edge/checkpoints/... resolve as in the repo root) and the export in onnx/ (the shipped files are a
+    fresh export of the shipped checkpoint, tested in test_export.py)."""
+    (tmp_path / "fm_edge").symlink_to(README.parent / "fm_edge", target_is_directory=True)
     shutil.copytree(SHIPPED_ONNX, tmp_path / "onnx")
     return tmp_path
 
