@@ -272,12 +272,21 @@ def format_row(r: dict) -> str:
     )
 
 
+def plain_log_ticks(*axes) -> None:
+    """Log-scale ticks at 1, 2, 5 x 10^k labelled as plain numbers (29, not 2.9x10^1)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    for axis in axes:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator
 
     rows = result["rows"]
     names = list(dict.fromkeys(r["backend"] for r in rows))
@@ -306,13 +315,9 @@ def plot(result: dict, path: Path) -> None:
                 ax.plot(*zip(*pts), "o-", label=name)
         ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="ms per image", title=f"latency, batch {b}")
         ax.legend(fontsize=7)
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 29, not 2.9x10^1
     for ax in axes:
         ax.grid(alpha=0.3)
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(FuncFormatter(lambda *_: ""))
+        plain_log_ticks(ax.xaxis, ax.yaxis)
     fig.tight_layout()
     from fm_edge.atomic import atomic_file
 

@@ -84,6 +84,7 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from fm_edge.atomic import atomic_file
+    from fm_edge.bench import plain_log_ticks
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, b in zip(axes, (1, 64)):
@@ -94,6 +95,7 @@ def plot(out: dict, path: Path) -> None:
         ax.set(xscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
                ylabel="FD / FD of real digits (lower is better)", title=f"batch {b}")  # fmt: skip
         ax.grid(alpha=0.3)
+        plain_log_ticks(ax.xaxis)
     fig.suptitle(f"{out['cpu']} ({out['int8_path']}), onnxruntime {out['onnxruntime']}", fontsize=9)
     fig.tight_layout()
     with atomic_file(path) as tmp:
