@@ -107,11 +107,14 @@ class _OnnxModel:
         num_threads: int | None = None,
         providers=None,
         graph_optimization_level="all",
+        session_config: dict[str, str] | None = None,
     ):
         self.path = Path(path)
         if not self.path.is_file():
             raise UsageError(f"{str(self.path)!r} is not a file (expected an fm-edge {self.kind} .onnx)")
         so = _session_options(num_threads, graph_optimization_level)
+        for key, value in (session_config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+            so.add_session_config_entry(key, value)
         reason = _why_invalid(self.path)  # onnx.checker first: a clear reason, before ORT parses the file
         if reason is not None:
             raise FmEdgeError(f"{str(self.path)!r} is not a valid ONNX model: {reason}")

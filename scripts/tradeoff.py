@@ -37,7 +37,9 @@ def main(argv=None) -> int:
     samplers = {}
     for spec in args.files:
         name, _, path = spec.partition("=")
-        samplers[name] = OnnxSampler(path, num_threads=args.num_threads)
+        # no spinning: idle sessions' threads would otherwise busy-wait while another session runs
+        samplers[name] = OnnxSampler(path, num_threads=args.num_threads,
+                                     session_config={"session.intra_op.allow_spinning": "0"})  # fmt: skip
     base = next(iter(samplers))
     rows = {n: {"name": n, "file": str(s.path), "sha256": sha256(s.path), "metadata": {
         k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
