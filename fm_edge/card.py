@@ -66,6 +66,7 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "",
         "```python",
         "from fm_edge.diffusers_pipeline import FmEdgePipeline",
+        "",
         f'pipe = FmEdgePipeline.from_pretrained("{_where(folder)}")',
         "images = pipe(class_labels=[3, 7]).images  # two 28x28 PIL images",
         "```",
