@@ -312,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="PyTorch checkpoint for the reference column (needs torch)"
     )
     p.add_argument("--no-reference", action="store_true", help="no PyTorch fp32 column, even with torch")
+    p.add_argument(
+        "--student",
+        default=None,
+        help="export folder of a distilled student for a one-step column (default: the shipped student, "
+        "with the shipped teacher)",
+    )
+    p.add_argument("--no-student", action="store_true", help="no one-step student column")
     p.add_argument("--queue-size", type=int, default=32, help="requests that may wait (more: 'queue full')")
     _device_flag(p, "where the models run (ONNX: CUDA provider with onnxruntime-gpu)")
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime)")

@@ -223,6 +223,12 @@ CASES = [
     ("demo-queue-size-0", ["demo", "--model", "{ws}/onnx", "--queue-size", "0"], 2, ["queue size", "got 0"]),
     ("demo-port-out-of-range", ["demo", "--model", "{ws}/onnx", "--port", "70000"], 2, ["--port", "70000"]),
     ("demo-model-missing", ["demo", "--model", "{ws}/bad/nothing_here"], 2, ["nothing_here"]),
+    (
+        "demo-student-missing",
+        ["demo", "--model", "{ws}/onnx", "--student", "{ws}/bad/nothing_here"],
+        2,
+        ["--student", "nothing_here"],
+    ),
     # distill
     ("distill-method-unknown", DISTILL + ["--method", "consistency"], 2, ["'consistency'", "pairs"]),
     ("distill-cfg-out-of-range", DISTILL + ["--cfg-scale", "25"], 2, ["cfg scale 25", "20"]),

@@ -272,7 +272,8 @@ def test_same_seed_same_images(client):
 
 
 def test_int8_close_to_fp32_from_the_same_noise(client):
-    fp32, int8, ref, heat, stats, metrics, _ = predict(client, *ARGS)
+    fp32, int8, ref, heat, stats, metrics, _, student = predict(client, *ARGS)
+    assert student is None  # no distilled model in this folder: no student column
     g32, g8 = read_png(fp32), read_png(int8)
     assert g32.shape == g8.shape == (62 * grid_scale(6), 92 * grid_scale(6))  # 2 rows of 3 digits, upscaled
     d = metrics["diffs"]["ONNX int8 vs ONNX fp32"]
@@ -425,7 +426,7 @@ def test_laptop_mode_cli_serves_without_torch(demo_onnx, tmp_path):
             assert time.monotonic() < deadline, "fm-edge demo did not serve a page in 300 s"
             time.sleep(0.5)
         out = Client(url, verbose=False).predict("4", 3, 2, "euler", 1.0, 1, False, api_name="/generate")
-        fp32, int8, ref, _, stats, metrics, seed = out
+        fp32, int8, ref, _, stats, metrics, seed, _student = out
         assert ref is None and "torch is not installed" in stats and seed == 1
         assert set(metrics["backends"]) == {"ONNX fp32", "ONNX int8"}
         assert read_png(fp32).shape == read_png(int8).shape
@@ -433,3 +434,33 @@ def test_laptop_mode_cli_serves_without_torch(demo_onnx, tmp_path):
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+# --- the one-step student column ---
+
+
+def test_student_column_samples_the_same_noise_in_one_evaluation(demo_onnx, tiny_onnx, tmp_path):
+    """A distilled model beside the teacher: its own 1-step sampler, the same noise, 1 evaluation per digit."""
+    import json as _json
+
+    from conftest import set_onnx_metadata
+
+    from fm_edge.demo.app import make_handler
+    from fm_edge.demo.models import load_models
+
+    student = tmp_path / "student"
+    student.mkdir()
+    rec = {"solver": "euler", "steps": 1, "cfg_scale": 1.0, "shift": 1.0, "guidance": "distilled",
+           "distilled_cfg_scale": 1.5}  # fmt: skip
+    set_onnx_metadata(tiny_onnx / FP32_FILE, student / FP32_FILE, recommended_sampler=_json.dumps(rec))
+    models = load_models(demo_onnx, reference=False, student=student, num_threads=1)
+    out = make_handler(models)("cycle", 4, 2, "euler", 2.0, 3, False, progress=lambda *a, **k: None)
+    metrics, grid = out[5], out[7]
+    assert grid is not None and grid.shape == tile(np.zeros((4, 28, 28), np.uint8)).shape
+    backends = metrics["backends"]
+    assert backends["one-step student"]["network_evals_per_image"] == 1
+    assert backends["ONNX fp32"]["network_evals_per_image"] == 4  # 2 Euler steps x CFG
+    assert "one-step student" not in " ".join(metrics["diffs"])  # another model: no quantization diff
+    assert "1 network evaluation(s) per digit" in out[4]
+    with pytest.raises(UsageError, match="not a distilled model"):  # the teacher itself is no student
+        load_models(demo_onnx, reference=False, student=demo_onnx, num_threads=1)

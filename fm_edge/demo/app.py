@@ -4,7 +4,8 @@ numbers (latency per image, model sizes, PSNR and max |diff|) and a heat map of 
 The one event, ``generate`` (``api_name="generate"``), is also the service API for ``gradio_client``::
 
     Client(url).predict("cycle", 16, 4, "euler", 2.0, 0, False, api_name="/generate")
-    -> (fp32.png, int8.png, torch.png | None, heatmap.png, stats markdown, metrics dict, seed used)
+    -> (fp32.png, int8.png, torch.png | None, heatmap.png, stats markdown, metrics dict, seed used,
+        student.png | None)
 
 The output tuple is the same with and without torch: the PyTorch image is None when there is no reference.
 """
@@ -60,6 +61,13 @@ def _stats_markdown(models: DemoModels, result, req, heat_top: int) -> str:
         f"\n{req.num_samples} digits · {req.solver} × {req.steps} steps = NFE {result.nfe} · "
         f"CFG {req.cfg_scale:g} · {seed} · heat map: brightest = {heat_top} grey levels"
     )
+    if models.student is not None:
+        s = models.student.sampler
+        lines.append(
+            f"\n**{models.student.name}**: {s['steps']} {s['solver']} step(s), "
+            f"{_evals(models, models.student.name, req)} network evaluation(s) per digit, guidance "
+            f"{s.get('distilled_cfg_scale')} distilled into its weights (the controls above do not apply to it)"
+        )
     if models.reference_note:
         lines.append(f"\n_{models.reference_note}_")
     elif models.reference is not None and models.reference.error:
@@ -82,6 +90,7 @@ def _metrics(models: DemoModels, result, req, heat_top: int) -> dict:
                 "ms_per_image": round(r.ms_per_image, 3),
                 "total_ms": round(1000 * r.seconds, 3),
                 "model_bytes": models.sizes.get(name),
+                "network_evals_per_image": _evals(models, name, req),
             }
             for name, r in result.runs.items()
         },
@@ -89,6 +98,13 @@ def _metrics(models: DemoModels, result, req, heat_top: int) -> dict:
         "heatmap_top_grey_levels": heat_top,
         "reference": None if models.reference_note else NAMES["torch"],
     }
+
+
+def _evals(models: DemoModels, name: str, req) -> int:
+    """Network evaluations per digit: the student's are its own; CFG doubles everyone else's."""
+    if models.student is not None and name == models.student.name:
+        return nfe(models.student.sampler["solver"], models.student.sampler["steps"])
+    return nfe(req.solver, req.steps) * (1 if req.cfg_scale == 1.0 else 2)
 
 
 def validate_request(digit, num_samples, steps, solver, cfg_scale, seed, randomize):
@@ -118,6 +134,7 @@ def make_handler(models: DemoModels):
                 req.shift,
                 req.seed,
                 progress=lambda done, total, name: progress((done, total), desc=f"sampling: {name}"),
+                own_sampler=[models.student] if models.student is not None else [],
             )
         except FmEdgeError as exc:  # UsageError included: one readable line, shown on the page and to clients
             raise gr.Error(str(exc), print_exception=False) from None  # no traceback per bad request
@@ -132,6 +149,7 @@ def make_handler(models: DemoModels):
             _stats_markdown(models, result, req, top),
             _metrics(models, result, req, top),
             req.seed,
+            tile(result.runs[NAMES["student"]].images) if models.student is not None else None,
         )
 
     return generate
@@ -166,6 +184,7 @@ def build_demo(
     num_threads: int | None = None,
     queue_size: int = QUEUE_SIZE,
     device: str = "cpu",
+    student=None,
 ) -> gr.Blocks:
     """The demo over ``model_dir/velocity.onnx`` and ``velocity_int8.onnx`` (default: the shipped files).
 
@@ -174,7 +193,7 @@ def build_demo(
     """
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise UsageError(f"queue size must be a whole number >= 1, got {queue_size!r}")
-    models = load_models(model_dir, checkpoint, reference, num_threads, device)
+    models = load_models(model_dir, checkpoint, reference, num_threads, device, student)
     rec = models.sampler
     blocks_kw = {} if GRADIO_MAJOR >= 6 else {"css": CSS}
     with gr.Blocks(
@@ -220,13 +239,16 @@ def build_demo(
                             "**|int8 − fp32| per pixel** (scale bar below: black 0 → pale yellow = max)"
                         )
                         out_heat = gr.Image(label="|int8 − fp32| per pixel", elem_id="heatmap", **image)
+                with gr.Row(equal_height=True, visible=models.student is not None), gr.Column():
+                    gr.Markdown(f"**{NAMES['student']}** (1 network evaluation per digit, same noise)")
+                    out_student = gr.Image(label=NAMES["student"], elem_id="grid-student", **image)
                 stats = gr.Markdown(models.reference_note and f"_{models.reference_note}_", elem_id="stats")
                 with gr.Accordion("all numbers (JSON)", open=False):
                     metrics = gr.JSON(label="metrics")
         button.click(
             make_handler(models),
             inputs=[digit, num, steps, solver, cfg, seed, randomize],
-            outputs=[out_fp32, out_int8, out_ref, out_heat, stats, metrics, seed],
+            outputs=[out_fp32, out_int8, out_ref, out_heat, stats, metrics, seed, out_student],
             api_name=API_NAME,
             concurrency_limit=1,
             # the raw values reach our checks: gradio's own would answer first, in words that do not

@@ -80,22 +80,30 @@ def compare(
     shift: float,
     seed: int,
     progress: Callable[[int, int, str], None] | None = None,
+    own_sampler: list[Backend] = (),
 ) -> Comparison:
     """Run every backend from the same seeded noise; the first backend is the one the others are compared to.
 
-    ``progress(done, total, name)`` is called after each ODE step of each backend.
+    ``own_sampler`` backends (a distilled student) start from the same noise too, but with their own
+    recommended solver, steps, CFG and shift, and are not diffed against the first. ``progress(done, total,
+    name)`` is called after each ODE step of each backend.
     """
     noise = make_noise(len(labels), seed)
     total = steps * len(backends)
     runs: dict[str, Run] = {}
-    for b in backends:  # one untimed call at this batch size, so no timing includes a cold start
-        y = b.to_native(np.asarray(labels, dtype=np.int64))
-        sample(b.velocity, b.to_native(noise), y, 1, solver, cfg_scale, shift)
+    warm = [(b, cfg_scale) for b in backends] + [(b, b.sampler["cfg_scale"]) for b in own_sampler]
+    for b, cfg in warm:  # one untimed call at this batch size, so no timing includes a cold start
+        sample(
+            b.velocity, b.to_native(noise), b.to_native(np.asarray(labels, dtype=np.int64)), 1, "euler", cfg
+        )
     for i, b in enumerate(backends):
         cb = None
         if progress is not None:
             cb = lambda step, _steps, i=i, name=b.name: progress(i * steps + step, total, name)
         runs[b.name] = run_backend(b, noise, labels, steps, solver, cfg_scale, shift, callback=cb)
+    for b in own_sampler:
+        s = b.sampler
+        runs[b.name] = run_backend(b, noise, labels, s["steps"], s["solver"], s["cfg_scale"], s["shift"])
     out = Comparison(runs, nfe(solver, steps), seed)
     first = backends[0].name
     for b in backends[1:]:

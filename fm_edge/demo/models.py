@@ -21,7 +21,9 @@ from fm_edge.backends import Backend
 from fm_edge.errors import UsageError
 
 FP32_FILE, INT8_FILE = VELOCITY_FILE, VELOCITY_INT8
-NAMES = {"fp32": "ONNX fp32", "int8": "ONNX int8", "torch": "PyTorch fp32"}
+NAMES = {"fp32": "ONNX fp32", "int8": "ONNX int8", "torch": "PyTorch fp32", "student": "one-step student"}
+#: the shipped student's export: the demo's student column when it shows the shipped teacher
+SHIPPED_STUDENT = SHIPPED.parent / "compact-mnist-student" / "onnx"
 
 
 def model_folder(model_dir=None) -> Path:
@@ -94,6 +96,7 @@ class DemoModels:
     sizes: dict[str, int]  # backend name -> bytes of its weights file
     reference: Reference | None
     reference_note: str  # why there is no reference column ("" when there is one)
+    student: Backend | None = None  # a guidance-distilled model, sampled with its own few-step sampler
 
     def backends(self) -> list[Backend]:
         """fp32 first (the others are compared to it), then int8, then the PyTorch reference if loaded."""
@@ -151,12 +154,32 @@ def _reference(
     return Reference(ckpt, num_threads, device), ""
 
 
+def _student(folder: Path, student, num_threads, device) -> Backend | None:
+    """The student column: ``student`` (a folder with a distilled velocity.onnx), False for none, or None for
+    the shipped student when the demo shows the shipped teacher."""
+    if student is False or (student is None and folder.resolve() != SHIPPED_ONNX.resolve()):
+        return None
+    path = Path(student) if student is not None else SHIPPED_STUDENT
+    if not (path / FP32_FILE).is_file():
+        if student is None:  # the shipped student is optional
+            return None
+        raise UsageError(f"--student {str(path)!r} has no {FP32_FILE}: pass a student's export folder")
+    b = _onnx_backend(path / FP32_FILE, NAMES["student"], num_threads, device)
+    if b.sampler.get("guidance") != "distilled":
+        raise UsageError(
+            f"--student {str(path)!r} is not a distilled model (its sampler has no guidance 'distilled'): "
+            "fm-edge distill makes one"
+        )
+    return b
+
+
 def load_models(
     model_dir=None,
     checkpoint=None,
     reference: bool | None = None,
     num_threads: int | None = None,
     device: str = "cpu",
+    student=None,
 ) -> DemoModels:
     """Open both ONNX files (and start loading the PyTorch reference when ``reference`` is not False).
 
@@ -176,4 +199,7 @@ def load_models(
     sizes = {fp32.name: os.path.getsize(folder / FP32_FILE), int8.name: os.path.getsize(folder / INT8_FILE)}
     if ref is not None:
         sizes[NAMES["torch"]] = os.path.getsize(ref.checkpoint / WEIGHTS)
-    return DemoModels(folder, fp32, int8, fp32.sampler, sizes, ref, note)
+    st = _student(folder, student, num_threads, device)
+    if st is not None:
+        sizes[st.name] = os.path.getsize(st.velocity.path)
+    return DemoModels(folder, fp32, int8, fp32.sampler, sizes, ref, note, st)
