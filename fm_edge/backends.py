@@ -51,31 +51,27 @@ def check_device(device: str) -> str:
     return device
 
 
+def _place(device: str, have_cuda: bool, why_not: str) -> str:
+    """'cuda' or 'cpu': auto takes CUDA when it is there; cuda without it is a UsageError saying ``why_not``."""
+    if check_device(device) == "cuda" and not have_cuda:
+        raise UsageError(f"--device cuda: {why_not}; use --device cpu or auto")
+    return "cuda" if device == "cuda" or (device == "auto" and have_cuda) else "cpu"
+
+
 def torch_device(device: str = "auto") -> str:
-    """'cuda' or 'cpu' for torch: auto takes CUDA when torch sees a GPU; cuda without one is a UsageError."""
+    """'cuda' or 'cpu' for torch: CUDA when torch sees a GPU."""
     import torch
 
-    have = torch.cuda.is_available()
-    if check_device(device) == "cuda" and not have:
-        raise UsageError(
-            "--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False; a CPU-only "
-            "torch build or no GPU); use --device cpu or auto"
-        )
-    return "cuda" if device == "cuda" or (device == "auto" and have) else "cpu"
+    why = "torch sees no CUDA device here (torch.cuda.is_available() is False; a CPU-only torch build or no GPU)"
+    return _place(device, torch.cuda.is_available(), why)
 
 
 def ort_providers(device: str = "auto") -> str:
-    """'cuda' or 'cpu' for ONNX Runtime: auto takes the CUDA provider when this onnxruntime has one (the
-    ``gpu`` extra); cuda without it is a UsageError."""
+    """'cuda' or 'cpu' for ONNX Runtime: CUDA when this onnxruntime has the CUDA provider (the ``gpu`` extra)."""
     import onnxruntime as ort
 
-    have = "CUDAExecutionProvider" in ort.get_available_providers()
-    if check_device(device) == "cuda" and not have:
-        raise UsageError(
-            "--device cuda: this onnxruntime has no CUDAExecutionProvider (pip install 'fm-edge[gpu]', "
-            "which brings onnxruntime-gpu); use --device cpu or auto"
-        )
-    return "cuda" if device == "cuda" or (device == "auto" and have) else "cpu"
+    why = "this onnxruntime has no CUDAExecutionProvider (pip install 'fm-edge[gpu]', which brings onnxruntime-gpu)"
+    return _place(device, "CUDAExecutionProvider" in ort.get_available_providers(), why)
 
 
 def torch_backend(

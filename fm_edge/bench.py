@@ -370,7 +370,7 @@ def main(args) -> Path:
         args.seed,
         args.num_threads,
         device=device,
-        memory_cap_gb=getattr(args, "memory_cap_gb", None),
+        memory_cap_gb=cap,
     )
     out = Path(args.output_dir)
     from fm_edge.atomic import write_bytes

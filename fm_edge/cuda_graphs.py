@@ -21,7 +21,6 @@ class GraphedSolver:
         self._graphs: dict[tuple, tuple] = {}
 
     def __call__(self, x, labels, steps: int, solver: str, cfg_scale: float, shift: float = 1.0):
-
         key = (tuple(x.shape), x.dtype, steps, solver, float(cfg_scale), float(shift))
         if key not in self._graphs:
             self._graphs[key] = self._capture(x, labels, steps, solver, cfg_scale, shift)

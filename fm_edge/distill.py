@@ -33,7 +33,6 @@ import numpy as np
 from fm_edge.errors import FmEdgeError, UsageError
 
 METHODS = ("pairs", "progressive")
-DEVICES = ("auto", "cpu", "cuda")
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
@@ -74,8 +73,9 @@ class DistillConfig:
             raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.t1_fraction <= 1:
             raise UsageError(f"t1 fraction must be in [0, 1], got {self.t1_fraction}")
-        if self.device not in DEVICES:
-            raise UsageError(f"unknown device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        from fm_edge.backends import check_device
+
+        check_device(self.device)
         if self.cfg_scale is not None:
             from fm_edge.solvers import check_cfg
 
@@ -298,7 +298,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     from fm_edge.artifacts import weights_hash
     from fm_edge.model import load, velocity_fn
     from fm_edge.solvers import guided, time_grid
-    from fm_edge.train import _load_checkpoint, _save_checkpoint, latest_checkpoint
+    from fm_edge.train import _save_checkpoint, resume_checkpoint
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -330,22 +330,16 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": [], "record": record}
-    if resume:
-        path = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        if path is None:
-            print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
-        elif not (path / "state.json").is_file():
-            raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
-        else:
-            state = _load_checkpoint(path, model, ema, optimizer)
-            old = state.get("record", {})
-            for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
-                if old.get(key) != record[key]:
-                    raise UsageError(
-                        f"--resume: {str(path)!r} was distilled with {key}={old.get(key)!r}, "
-                        f"not {record[key]!r}: use another -o folder"
-                    )
-            print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
+    resumed = resume_checkpoint(out, resume, model, ema, optimizer) if resume else None
+    if resumed is not None:
+        old = resumed.get("record", {})
+        for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
+            if old.get(key) != record[key]:
+                raise UsageError(
+                    f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
+                    "use another -o folder"
+                )
+        state = resumed
     ema.to(device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
 

@@ -46,11 +46,12 @@ def pick_backend(name: str, model=None, reference: bool = False, device: str = "
 
 
 def _torch_sees_cuda() -> bool:
+    from fm_edge.backends import torch_device
+
     try:
-        import torch
+        return torch_device("auto") == "cuda"
     except ImportError:  # laptop mode: ONNX Runtime only
         return False
-    return torch.cuda.is_available()
 
 
 def make_backend(
@@ -116,12 +117,10 @@ def main(args):
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if not str(args.output).endswith((".npz", ".png")):
         raise UsageError(f"-o {args.output!r} must end in .npz or .png")
-    if args.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {args.backend!r}: choose one of {', '.join(BACKENDS)}")
-    labels = default_labels(args.num_samples, args.label, args.unconditional)
     device = check_device(getattr(args, "device", "auto"))
     bf16 = getattr(args, "bf16", False)
-    name = pick_backend(args.backend, args.model, args.reference or bf16, device)
+    name = pick_backend(args.backend, args.model, args.reference or bf16, device)  # checks the name too
+    labels = default_labels(args.num_samples, args.label, args.unconditional)
     if args.reference and name != "torch":
         raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
     graphs = False if getattr(args, "no_cuda_graphs", False) else None

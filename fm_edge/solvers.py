@@ -42,6 +42,11 @@ def nfe(solver: str, steps: int) -> int:
     return SOLVERS[solver] * (steps - 1) + FINAL_STEP[solver]
 
 
+def network_evals(solver: str, steps: int, doubled: bool) -> int:
+    """UNet evaluations per digit: the solve's velocity calls, twice over when CFG doubles each call's batch."""
+    return nfe(solver, steps) * (2 if doubled else 1)
+
+
 def time_grid(steps: int, shift: float = 1.0) -> list[float]:
     """steps+1 times from 1 (noise) to 0 (data). shift > 1 spends more steps near the noise end."""
     if not (math.isfinite(shift) and shift > 0):

@@ -185,6 +185,20 @@ def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     return state
 
 
+def resume_checkpoint(out: Path, resume: str, model, ema, optimizer, log=print) -> dict | None:
+    """Load ``--resume`` ('latest' or a checkpoint folder) into model, EMA and optimizer: its saved state, or
+    None when 'latest' finds no checkpoint yet (the run then starts from step 0)."""
+    path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+    if path is None:
+        log(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
+        return None
+    if not (path / "state.json").is_file():
+        raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
+    state = _load_checkpoint(path, model, ema, optimizer)
+    log(f"resumed from {path} at step {state['step']}", file=sys.stderr)
+    return state
+
+
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
     from fm_edge.model import fm_config, save_inference_folder
@@ -258,14 +272,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": []}
     if resume:
-        path = latest_checkpoint(out) if resume == "latest" else Path(resume)
-        if path is None:
-            accelerator.print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
-        elif not (path / "state.json").is_file():
-            raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
-        else:
-            state = _load_checkpoint(path, model, ema, optimizer)
-            accelerator.print(f"resumed from {path} at step {state['step']}", file=sys.stderr)
+        state = resume_checkpoint(out, resume, model, ema, optimizer, accelerator.print) or state
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.lr_schedule),

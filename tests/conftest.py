@@ -69,3 +69,23 @@ def set_onnx_metadata(src: Path, dst: Path, **values: str) -> Path:
             p.value = values[p.key]
     onnx.save(m, str(dst))
     return dst
+
+
+def sigkill_at_marker(cmd: list[str], marker: Path, what: str, timeout: float = 240):
+    """Start ``cmd``, wait until it writes ``marker``, then SIGKILL it; the ended process (for its stderr)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"never reached {what}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return proc

@@ -3,10 +3,8 @@ sampler.onnx (one network evaluation, cfg_scale ignored) and bad settings."""
 
 import io
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -157,6 +155,8 @@ sys.exit(main(sys.argv[3:]))
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_run(tiny_ckpt, tmp_path):
+    from conftest import sigkill_at_marker
+
     run = tmp_path / "run"
     argv = [
         "distill",
@@ -171,20 +171,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tiny_ckpt, tmp_path):
     ]
     argv += ["--max-steps", "6", "--checkpoint-every", "2", "--num-threads", "1", "--device", "cpu"]
     marker = tmp_path / "marker"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(marker), "5", *argv, "-o", str(run), "--resume", "latest"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 240
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before step 5: {proc.stderr.read()[-2000:]}")
-        assert time.time() < deadline, "never reached step 5"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    cmd = [sys.executable, "-c", KILLABLE, str(marker), "5", *argv, "-o", str(run), "--resume", "latest"]
+    sigkill_at_marker(cmd, marker, "step 5")
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not (run / "model").exists()
     chunk = run / "pairs" / "chunk-00000.npz"
@@ -240,7 +228,7 @@ def test_teacher_sampler_metadata_counts_both_guidance_rows(tiny_onnx):
         (dict(pairs=0), "--pairs must be >= 1"),
         (dict(student_steps=3), "--student-steps must be 1 or 2"),
         (dict(lr=-1.0), "--lr"),
-        (dict(device="tpu"), "unknown device 'tpu'"),
+        (dict(device="tpu"), "--device 'tpu' is unknown"),
         (dict(teacher_solver="rk4"), "unknown teacher solver 'rk4'"),
         (dict(method="progressive", teacher_solver="heun", teacher_steps=4), "--teacher-solver euler"),
         (dict(method="progressive", teacher_solver="euler", teacher_steps=3), "power of 2"),

@@ -175,25 +175,12 @@ sys.exit(main(sys.argv[4:]))
 
 def kill_at(point: str, n: int, argv: list[str], tmp_path) -> str:
     import signal
-    import time
+
+    from conftest import sigkill_at_marker
 
     marker = tmp_path / f"marker-{point}-{n}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(marker), point, str(n), *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 240
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended before {point} {n}: {proc.stderr.read()[-2000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"never reached {point} {n}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    cmd = [sys.executable, "-c", KILLABLE, str(marker), point, str(n), *argv]
+    proc = sigkill_at_marker(cmd, marker, f"{point} {n}")
     assert proc.returncode == -signal.SIGKILL
     return marker.read_text()
 

@@ -23,7 +23,7 @@ from fm_edge.demo.compare import compare, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, field_errors, parse  # noqa: E402
 from fm_edge.demo.models import NAMES, DemoModels, load_models  # noqa: E402
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
-from fm_edge.solvers import MAX_CFG, SOLVERS, nfe  # noqa: E402
+from fm_edge.solvers import MAX_CFG, SOLVERS, network_evals, nfe  # noqa: E402
 
 API_NAME = "generate"
 QUEUE_SIZE = 32  # requests waiting beyond this get "queue full" at once instead of an ever longer wait
@@ -103,8 +103,11 @@ def _metrics(models: DemoModels, result, req, heat_top: int) -> dict:
 def _evals(models: DemoModels, name: str, req) -> int:
     """Network evaluations per digit: the student's are its own; CFG doubles everyone else's."""
     if models.student is not None and name == models.student.name:
-        return nfe(models.student.sampler["solver"], models.student.sampler["steps"])
-    return nfe(req.solver, req.steps) * (1 if req.cfg_scale == 1.0 else 2)
+        s = models.student.sampler
+        return network_evals(s["solver"], s["steps"], doubled=False)
+    return network_evals(
+        req.solver, req.steps, doubled=req.cfg_scale != 1.0
+    )  # the Python loop skips CFG at 1
 
 
 def validate_request(digit, num_samples, steps, solver, cfg_scale, seed, randomize):

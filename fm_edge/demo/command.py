@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from fm_edge.artifacts import VELOCITY_FILE
-
 
 def build_demo(model_dir=None, **kwargs):
     """The queued ``gr.Blocks`` over ``model_dir/velocity.onnx`` and ``velocity_int8.onnx``; see
@@ -25,11 +21,6 @@ def main(args):
     if not 0 <= args.port <= 65535:  # checked before the models load
         raise UsageError(f"--port {args.port} is out of range: use 1-65535 (0 picks a free port)")
     device = check_device(getattr(args, "device", "auto"))
-    student = getattr(args, "student", None)
-    if (
-        student is not None and not (Path(student) / VELOCITY_FILE).is_file()
-    ):  # checked before the models load
-        raise UsageError(f"--student {student!r} has no {VELOCITY_FILE}: pass a student's export folder")
     demo = build(
         args.model,
         checkpoint=getattr(args, "checkpoint", None),

@@ -160,10 +160,8 @@ def _student(folder: Path, student, num_threads, device) -> Backend | None:
     if student is False or (student is None and folder.resolve() != SHIPPED_ONNX.resolve()):
         return None
     path = Path(student) if student is not None else SHIPPED_STUDENT
-    if not (path / FP32_FILE).is_file():
-        if student is None:  # the shipped student is optional
-            return None
-        raise UsageError(f"--student {str(path)!r} has no {FP32_FILE}: pass a student's export folder")
+    if not (path / FP32_FILE).is_file():  # the shipped student is optional (a given one: load_models)
+        return None
     b = _onnx_backend(path / FP32_FILE, NAMES["student"], num_threads, device)
     if b.sampler.get("guidance") != "distilled":
         raise UsageError(
@@ -186,6 +184,8 @@ def load_models(
     ``reference=None`` adds the reference when it can and says why not otherwise; ``True`` makes a missing
     torch or checkpoint an error.
     """
+    if student not in (None, False) and not (Path(student) / FP32_FILE).is_file():  # before any model loads
+        raise UsageError(f"--student {str(student)!r} has no {FP32_FILE}: pass a student's export folder")
     folder = model_folder(model_dir)
     fp32 = _onnx_backend(folder / FP32_FILE, NAMES["fp32"], num_threads, device)
     int8 = _onnx_backend(folder / INT8_FILE, NAMES["int8"], num_threads, device)

@@ -59,7 +59,7 @@ def velocity_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
 
 
 def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift: float) -> dict[str, str]:
-    from fm_edge.solvers import nfe
+    from fm_edge.solvers import network_evals, nfe
 
     rec = recommended_sampler(fm)
     distilled = rec.get("guidance") == "distilled"
@@ -69,7 +69,6 @@ def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift:
         if distilled
         else "cfg_scale float32 scalar (1 = no guidance)"
     )
-    calls = nfe(solver, steps)
     meta = {
         **common_metadata(checkpoint, fm),
         "model": "sampler",
@@ -78,9 +77,10 @@ def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift:
         "solver": solver,
         "steps": str(steps),
         "shift": str(float(shift)),
-        "nfe": str(calls),
+        "nfe": str(nfe(solver, steps)),
         "guidance": "distilled" if distilled else "cfg",
-        "network_evals_per_image": str(calls if distilled else 2 * calls),
+        # the graph doubles every call for CFG whatever cfg_scale it is given (the scale is an input)
+        "network_evals_per_image": str(network_evals(solver, steps, doubled=not distilled)),
         "cfg_scale": str(float(rec["cfg_scale"])),
         "recommended_sampler": json.dumps(dict(rec, solver=solver, steps=steps, shift=shift), sort_keys=True),
     }
