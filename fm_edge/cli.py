@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-steps", type=int, default=None, help="teacher ODE steps (default: the teacher's)"
     )
     p.add_argument("--teacher-solver", default=None, help="euler or heun (progressive: euler only)")
+    p.add_argument(
+        "--lr-schedule", default="constant", choices=("constant", "cosine", "linear"),
+        help="constant, or a decay to 0 (progressive: within each round)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="student rows per step")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
     p.add_argument("--max-steps", type=int, default=1000, help="student training steps")

@@ -50,6 +50,7 @@ class DistillConfig:
     teacher_solver: str | None = None  # None: the teacher's recommended solver
     batch_size: int = 64
     lr: float = 3e-4
+    lr_schedule: str = "constant"  # progressive: decays within each round; pairs: over the run
     max_steps: int = 1000
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -71,6 +72,12 @@ class DistillConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
+        from fm_edge.train import LR_SCHEDULES
+
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(
+                f"unknown --lr-schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"
+            )
         if not 0 <= self.t1_fraction <= 1:
             raise UsageError(f"t1 fraction must be in [0, 1], got {self.t1_fraction}")
         from fm_edge.backends import check_device
@@ -378,7 +385,9 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
             with autocast:
                 loss = _progressive(model, prev, grid, x1, y)
             seen = cfg.batch_size
-        # 2. backward, clip, update, EMA
+        # 2. backward, clip, update (learning rate from the schedule), EMA
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step, cfg, n_rounds if cfg.method == "progressive" else 1)
         if not torch.isfinite(loss):
             raise FmEdgeError(
                 f"loss is {loss.item()} at step {step + 1}: stopping (lower --lr); the last checkpoint is intact"
@@ -403,6 +412,16 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     bar.close()
     state["train_seconds"] += time.time() - t_start
     return _write_student(out, model, ema, cfg, state, fm, state.get("record", record))
+
+
+def _lr_factor(step: int, cfg: DistillConfig, n_rounds: int) -> float:
+    """The schedule restarts with each progressive round (each round is a new regression problem)."""
+    from fm_edge.train import lr_factor
+
+    r = round_at(step, cfg, n_rounds)
+    start = round_start(r, cfg, n_rounds)
+    end = round_start(r + 1, cfg, n_rounds) if r + 1 < n_rounds else cfg.max_steps
+    return lr_factor(step - start, end - start, 0, cfg.lr_schedule)
 
 
 def _loss(model, x1, y, x0, gen, cfg):  # module-level so tests can hook a step
