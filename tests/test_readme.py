@@ -1,5 +1,6 @@
-"""The README as a newcomer uses it: every Python snippet runs as pasted, every ``fm-edge`` command line in
-it parses, and the main job (sample 1,000, evaluate, export) runs verbatim."""
+"""The README and docs/*.md as a newcomer uses them: every Python snippet runs as pasted, every ``fm-edge``
+command line in them parses, every image and local link they show exists (images tracked by git), and the
+README's main job (sample 1,000, evaluate, export) runs verbatim."""
 
 import os
 import re
@@ -16,18 +17,28 @@ import pytest
 from fm_edge.artifacts import SHIPPED_ONNX
 from fm_edge.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.S)
+#: markdown links and images: [text](target) and ![alt](target); the target up to a space or ")"
+LINK = re.compile(r"(!?)\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def blocks(lang: str) -> list[str]:
-    return [body for kind, body in BLOCK.findall(README.read_text()) if kind == lang]
+def blocks(lang: str, page: Path = README) -> list[str]:
+    return [body for kind, body in BLOCK.findall(page.read_text()) if kind == lang]
+
+
+def all_blocks(lang: str) -> list[tuple[str, str]]:
+    """(``page:index``, body) of every ``lang`` block in the README and docs/*.md."""
+    return [(f"{p.relative_to(ROOT)}:{i}", b) for p in PAGES for i, b in enumerate(blocks(lang, p))]
 
 
 def fm_edge_commands() -> list[str]:
-    """Every ``fm-edge ...`` command of the bash blocks (chains split at &&, comments and line ends joined)."""
+    """Every ``fm-edge ...`` command of the bash blocks of every page (chains split at &&, comments and line
+    ends joined)."""
     out = []
-    for body in blocks("bash"):
+    for _, body in all_blocks("bash"):
         for line in body.replace("\\\n", " ").splitlines():
             for part in line.split("&&"):
                 part = part.split("  #")[0].strip()
@@ -58,9 +69,8 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_python_snippet_runs_as_pasted(index, workdir):
-    code = blocks("python")[index]
+@pytest.mark.parametrize("where, code", all_blocks("python"), ids=[w for w, _ in all_blocks("python")])
+def test_python_snippet_runs_as_pasted(where, code, workdir):
     server = None
     if "127.0.0.1:7860" in code:  # the gradio_client snippet talks to a running demo
         if not _port_free(7860):
@@ -76,10 +86,15 @@ def test_python_snippet_runs_as_pasted(index, workdir):
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
-    assert r.returncode == 0, f"README python block {index} failed:\n{code}\n{r.stderr[-2000:]}"
+    assert r.returncode == 0, f"python block {where} failed:\n{code}\n{r.stderr[-2000:]}"
 
 
-def test_every_fm_edge_command_in_the_readme_parses():
+def test_the_docs_have_python_snippets():
+    pages = {w.split(":")[0] for w, _ in all_blocks("python")}
+    assert {"README.md", "docs/embedding.md", "docs/diffusers.md", "docs/demo.md"} <= pages
+
+
+def test_every_fm_edge_command_in_the_docs_parses():
     commands = fm_edge_commands()
     assert len(commands) >= 10  # the extraction found them
     parser = build_parser()
@@ -87,7 +102,38 @@ def test_every_fm_edge_command_in_the_readme_parses():
         try:
             parser.parse_args(shlex.split(cmd)[1:])
         except SystemExit as exc:
-            pytest.fail(f"README command does not parse ({exc.code}): {cmd}")
+            pytest.fail(f"command in the docs does not parse ({exc.code}): {cmd}")
+
+
+def _local_links(page: Path) -> list[tuple[bool, Path]]:
+    """(is an image, resolved path) of every link of ``page`` that points into the repo (anchors dropped)."""
+    text = BLOCK.sub("", page.read_text())  # links inside code blocks are code, not links
+    out = []
+    for bang, target in LINK.findall(text):
+        target = target.split("#")[0]
+        if target and "://" not in target and not target.startswith("mailto:"):
+            out.append((bang == "!", (page.parent / target).resolve()))
+    return out
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_image_and_local_link_exists(page):
+    missing = [str(path) for _, path in _local_links(page) if not path.exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"
+
+
+def test_every_image_is_tracked_by_git():
+    """An image that exists only in the working tree would be missing from a fresh clone."""
+    images = sorted({str(path.relative_to(ROOT)) for p in PAGES for img, path in _local_links(p) if img})
+    assert "docs/tradeoff.png" in images
+    try:
+        r = subprocess.run(["git", "ls-files", "--error-unmatch", *images], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("git is not installed")
+    if "not a git repository" in r.stderr:
+        pytest.skip("not a git checkout")
+    assert r.returncode == 0, f"images not in git: {r.stderr.strip()}"
 
 
 @pytest.mark.slow
