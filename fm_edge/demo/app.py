@@ -239,7 +239,7 @@ def build_demo(
                         )
                     with gr.Column():
                         gr.Markdown(
-                            "**|int8 − fp32| per pixel** (scale bar below: black 0 → pale yellow = max)"
+                            "**|int8 − fp32| per pixel**, in grey levels of 255 (the scale is under the map)"
                         )
                         out_heat = gr.Image(label="|int8 − fp32| per pixel", elem_id="heatmap", **image)
                 with gr.Row(equal_height=True, visible=models.student is not None), gr.Column():
@@ -272,14 +272,18 @@ def launch(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
 ):
-    """Serve the demo (localhost unless ``host`` says otherwise); returns gradio's (app, local_url, share_url)."""
+    """Serve the demo (localhost unless ``host`` says otherwise); returns gradio's (app, local_url, share_url).
+
+    gradio itself runs quiet: unasked, it would print a hint to set ``share=True``, which ``fm-edge demo``
+    cannot do (it never makes a public link). The address line is printed here instead.
+    """
     kw = {"css": CSS} if GRADIO_MAJOR >= 6 else {}
     try:
-        return demo.launch(
+        out = demo.launch(
             server_name=host,
             server_port=port,
-            prevent_thread_lock=prevent_thread_lock,
-            quiet=quiet,
+            prevent_thread_lock=True,
+            quiet=True,
             share=False,
             show_error=True,
             ssr_mode=False,
@@ -289,3 +293,8 @@ def launch(
         if "empty port" in str(exc):  # gradio's words for "in use"
             raise UsageError(f"port {port} on {host} is in use: pass another --port") from None
         raise UsageError(f"cannot serve on {host}:{port}: {str(exc).splitlines()[0]}") from None
+    if not quiet:
+        print(f"* Running on {out[1]} (stop with Ctrl+C)", flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return out

@@ -148,13 +148,34 @@ def heatmap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
     return np.concatenate([rgb, colour_bar(rgb.shape[1], top)]), top
 
 
+#: height in px of the numbers under the colour bar
+LABEL_HEIGHT = 14
+
+
 def colour_bar(width: int, top: int, height: int = 14) -> np.ndarray:
     """The heat map's scale under it: a strip from 0 (left, black) to ``top`` grey levels (right), with a
-    tick every quarter; the page's text names ``top``."""
+    tick every quarter and its value in grey levels under each tick."""
     ramp = heat(np.linspace(0, top, width)[None, :].repeat(height, 0), top)
-    bar = np.full((height + 6, width, 3), PAD_GREY, np.uint8)
-    bar[6:] = ramp
-    for q in range(5):
-        x = min(width - 1, round(q * (width - 1) / 4))
+    bar = np.full((6 + height + LABEL_HEIGHT, width, 3), PAD_GREY, np.uint8)
+    bar[6 : 6 + height] = ramp
+    ticks = [min(width - 1, round(q * (width - 1) / 4)) for q in range(5)]
+    for x in ticks:
         bar[:6, max(0, x - 1) : x + 1] = 255
-    return bar
+    return _label_ticks(bar, ticks, [f"{round(q * top / 4, 1):g}" for q in range(5)], 6 + height)
+
+
+def _label_ticks(bar: np.ndarray, ticks: list[int], labels: list[str], y: int) -> np.ndarray:
+    """Write each label centred under its tick (kept inside the image), white on the grey margin."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(bar)
+    draw = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=LABEL_HEIGHT - 3)
+    except (TypeError, OSError, ImportError):  # an old Pillow or no FreeType: the built-in bitmap font
+        font = ImageFont.load_default()
+    for x, text in zip(ticks, labels):
+        w = draw.textlength(text, font=font)
+        left = min(max(0.0, x - w / 2), bar.shape[1] - w)
+        draw.text((left, y + 1), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)
