@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from fm_edge.artifacts import SAMPLER_FILE, SAMPLER_INT8, VELOCITY_FILE, VELOCITY_INT8, WEIGHTS
-from fm_edge.cli import BENCH_BACKENDS
 from fm_edge.convention import default_labels
 from fm_edge.errors import FmEdgeError, UsageError
 
-ALL_BACKENDS = BENCH_BACKENDS
+#: the default backends
+ALL_BACKENDS = (
+    "torch-fp32", "torch-compiled", "torchao-int8", "ort-fp32", "ort-int8", "sampler-fp32", "sampler-int8",
+)  # fmt: skip
 #: by name only: torch fp32 on CUDA without CUDA graphs, and torch with bf16 autocast
 EXTRA_BACKENDS = ("torch-eager", "torch-bf16")
 ONNX_FILES = {
@@ -336,6 +338,33 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
     return vals
 
 
+def add_arguments(p) -> None:
+    """``fm-edge bench``'s flags."""
+    from fm_edge.flags import device_flag, seed_and_threads
+
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("--onnx-dir", default=None, help="folder with the exported .onnx files (default: shipped)")
+    p.add_argument("-o", "--output-dir", default="bench", help="where bench.json and bench.png go")
+    p.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma-separated subset of {', '.join(ALL_BACKENDS)} (default: all of these), or "
+        f"{' / '.join(EXTRA_BACKENDS)} (CUDA without graphs / bf16 autocast)",
+    )
+    p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
+    p.add_argument("--nfe", default="1,2,4,8,16", help="comma-separated Euler step counts")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per cell (after one warm-up)")
+    p.add_argument("--quality-samples", type=int, default=1000, help="digits for FD per NFE (0: no quality)")
+    device_flag(p, "where the torch backends run (ONNX: CUDA provider with onnxruntime-gpu)")
+    p.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=None,
+        help="CUDA: cap this process's GPU memory (torch.cuda.set_per_process_memory_fraction), e.g. 10",
+    )
+    seed_and_threads(p, "seed of the starting noise", "CPU threads (torch and ONNX Runtime)")
+
+
 def main(args) -> Path:
     backends = tuple(b.strip() for b in args.backends.split(",")) if args.backends else ALL_BACKENDS
     unknown = [b for b in backends if b not in ALL_BACKENDS + EXTRA_BACKENDS]
@@ -345,12 +374,10 @@ def main(args) -> Path:
     batch_sizes, nfes = _ints(args.batch_sizes, "--batch-sizes"), _ints(args.nfe, "--nfe")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
-    cap = getattr(args, "memory_cap_gb", None)
+    cap = args.memory_cap_gb
     if cap is not None and not (math.isfinite(cap) and cap > 0):
         raise UsageError(f"--memory-cap-gb {cap} must be a finite number of GiB > 0, e.g. 10")
-    from fm_edge.backends import check_device
-
-    device = check_device(getattr(args, "device", "auto"))
+    device = args.device
     if device != "cpu":  # refuse --device cuda without CUDA before any work
         from fm_edge.backends import torch_device
 

@@ -160,7 +160,7 @@ def main(args) -> Path:
     for s in solvers:
         for k in steps:
             check_solver(s, k)
-    backend = torch_backend(args.model, args.num_threads, getattr(args, "device", "auto"))
+    backend = torch_backend(args.model, args.num_threads, args.device)
     cfg = backend.sampler["cfg_scale"] if args.cfg_scale is None else args.cfg_scale
     shift = backend.sampler.get("shift", 1.0) if args.shift is None else args.shift
     check_cfg(cfg)

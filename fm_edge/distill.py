@@ -32,7 +32,8 @@ import numpy as np
 
 from fm_edge.errors import FmEdgeError, UsageError
 
-METHODS = ("pairs", "progressive")
+METHODS = ("progressive", "pairs")
+TEACHER_SOLVERS = ("euler", "heun")
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
@@ -42,7 +43,7 @@ ROUNDS_DIR = "rounds"
 class DistillConfig:
     teacher: str | None  # None: the shipped checkpoint
     output_dir: str
-    method: str = "pairs"
+    method: str = "progressive"
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
     pairs: int = 4096
@@ -109,8 +110,10 @@ def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
         "cfg_scale": float(rec["cfg_scale"] if cfg.cfg_scale is None else cfg.cfg_scale),
         "shift": float(rec.get("shift", 1.0)),
     }
-    if s["solver"] not in ("euler", "heun"):
-        raise UsageError(f"unknown teacher solver {s['solver']!r}: choose euler or heun")
+    if s["solver"] not in TEACHER_SOLVERS:
+        raise UsageError(
+            f"unknown teacher solver {s['solver']!r}: choose one of {', '.join(TEACHER_SOLVERS)}"
+        )
     check_solver(s["solver"], s["steps"])
     if cfg.method == "progressive":
         rounds = s["steps"] / cfg.student_steps
@@ -457,9 +460,54 @@ def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema,
     return velocity_fn(frozen)
 
 
+def add_arguments(p) -> None:
+    """``fm-edge distill``'s flags."""
+    from fm_edge.flags import device_flag, seed_and_threads
+    from fm_edge.train import LR_SCHEDULES
+
+    p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the shipped one)")
+    p.add_argument(
+        "-o", "--output-dir", default="runs/student", help="run folder (pairs, checkpoints, model/)"
+    )
+    p.add_argument(
+        "--method",
+        default="progressive",
+        choices=METHODS,
+        help="progressive (halves the teacher's Euler steps per round; made the shipped student) or "
+        "pairs (rectified-flow distillation on cached teacher samples)",
+    )
+    p.add_argument(
+        "--cfg-scale", type=float, default=None, help="guidance scale baked in (default: the teacher's)"
+    )
+    p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student: 1 or 2")
+    p.add_argument("--pairs", type=int, default=4096, help="pairs: teacher samples to generate and cache")
+    p.add_argument(
+        "--teacher-steps", type=int, default=None, help="teacher ODE steps (default: the teacher's)"
+    )
+    p.add_argument(
+        "--teacher-solver",
+        default=None,
+        choices=TEACHER_SOLVERS,
+        help="teacher ODE solver (default: the teacher's; progressive: euler only)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=LR_SCHEDULES,
+        help="constant, or a decay to 0 (progressive: within each round)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="student rows per step")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (peak, with --lr-schedule)")
+    p.add_argument("--max-steps", type=int, default=1000, help="student training steps")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint-<step> folder")
+    device_flag(p, "where the teacher and the student run")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16)")
+    seed_and_threads(p, "seed of the pairs, batch order and times", "CPU threads for torch")
+
+
 def main(args) -> Path:
     """``fm-edge distill``: build a DistillConfig from the CLI flags and distil."""
-    from fm_edge.cli import config_from_args
+    from fm_edge.flags import config_from_args
 
-    cfg = config_from_args(DistillConfig, args)
-    return distill(cfg, resume=args.resume)
+    return distill(config_from_args(DistillConfig, args), resume=args.resume)

@@ -40,6 +40,10 @@ def collect() -> dict:
     return info
 
 
+def add_arguments(p) -> None:
+    """``fm-edge env`` takes no flags."""
+
+
 def main(args) -> None:
     info = collect()
     for key, val in info.items():

@@ -112,6 +112,35 @@ def format_report(r: dict) -> str:
     )
 
 
+def add_arguments(p) -> None:
+    """``fm-edge evaluate``'s flags, those of ``--nfe-curve`` (:mod:`fm_edge.curve`) included."""
+    from fm_edge.flags import device_flag, seed_and_threads
+
+    p.add_argument("samples", nargs="?", help="an .npz written by fm-edge sample -o x.npz")
+    p.add_argument("--json", default=None, help="also write the report as JSON here")
+    p.add_argument("--nfe-curve", action="store_true", help="instead: quality against NFE for a checkpoint")
+    p.add_argument("--model", default=None, help="--nfe-curve: checkpoint folder (default: the shipped one)")
+    p.add_argument("--solvers", default="euler,heun", help="--nfe-curve: solvers to compare")
+    p.add_argument("--steps-list", default="1,2,4,8,16,32", help="--nfe-curve: step counts")
+    p.add_argument("--num-samples", type=int, default=2000, help="--nfe-curve: samples per point")
+    p.add_argument("--reference-samples", type=int, default=100, help="--nfe-curve: dopri5 subset (0: skip)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="--nfe-curve: CFG scale (default: the checkpoint's recommendation)",
+    )
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="--nfe-curve: time shift (default: the checkpoint's recommendation)",
+    )
+    p.add_argument("-o", "--output-dir", default="eval", help="--nfe-curve: where nfe_curve.json/.png go")
+    device_flag(p, "where the classifier and the --nfe-curve sampler run")
+    seed_and_threads(p, "--nfe-curve: seed of the starting noise", "CPU threads for torch")
+
+
 def main(args):
     """``fm-edge evaluate samples.npz [--json r.json]``: print the report; return the JSON path or None."""
     if not args.samples:
@@ -133,7 +162,7 @@ def main(args):
 
     from fm_edge.backends import torch_device
 
-    device = torch_device(getattr(args, "device", "auto"))
+    device = torch_device(args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     print(f"evaluating {len(images)} samples from {args.samples} ({device})", file=sys.stderr)

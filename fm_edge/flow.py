@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from fm_edge.convention import NULL_LABEL, T_SCALE
 from fm_edge.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI can read TIME_SAMPLING without it
+    import torch
 
 TIME_SAMPLING = ("uniform", "logit-normal")
 # Minibatch OT pairs within groups of at most this many images: the assignment runs on the CPU and its
@@ -15,6 +18,8 @@ OT_GROUP = 128
 
 def sample_t(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
     """Training times in (0, 1) on the generator's device: uniform, or logit-normal(0, 1) (mid-path, as SD3)."""
+    import torch
+
     if how == "uniform":
         return torch.rand(n, generator=generator, device=generator.device)
     if how == "logit-normal":
@@ -34,6 +39,7 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, group: int = OT_GROUP) -> tor
     Exact assignment (``scipy.optimize.linear_sum_assignment``) within consecutive groups of ``group``
     rows; deterministic for given inputs. It reads the cost matrix on the CPU: one host sync per call.
     """
+    import torch
     from scipy.optimize import linear_sum_assignment
 
     b = x0.shape[0]
@@ -62,6 +68,8 @@ def loss_fn(
     in a fixed order, so a resumed run repeats it exactly. With ``ot_coupling`` the noise is re-paired
     with the data by :func:`ot_pairing` (no extra randomness).
     """
+    import torch
+
     b, dev = x0.shape[0], generator.device
     x1 = torch.randn(x0.shape, generator=generator, device=dev).to(x0.device)
     t = sample_t(b, time_sampling, generator).to(x0.device)

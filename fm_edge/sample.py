@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fm_edge.backends import Backend, check_device, generate, onnx_backend, torch_backend
+from fm_edge.backends import Backend, generate, onnx_backend, torch_backend
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_cfg, check_solver, nfe, time_grid
@@ -111,19 +111,57 @@ def resolve_sampler(args, recommended: dict) -> dict:
     return s
 
 
+def add_arguments(p) -> None:
+    """``fm-edge sample``'s flags."""
+    from fm_edge.flags import device_flag, sampler_flags, seed_and_threads
+
+    p.add_argument(
+        "--model",
+        default=None,
+        help="checkpoint folder, or a velocity .onnx (default: the shipped checkpoint)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="torchao: int8 PyTorch; auto: ONNX Runtime when the checkpoint has an export of the same "
+        "weights in onnx/, else torch",
+    )
+    device_flag(p, "where the torch backend runs (ONNX: CUDA provider with onnxruntime-gpu)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="torch backend: bf16 autocast (CUDA, or CPUs with AVX512-BF16/AMX)",
+    )
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="torch on CUDA: launch every kernel instead of replaying a graph",
+    )
+    sampler_flags(p)
+    p.add_argument("--num-samples", type=int, default=100, help="how many digits")
+    p.add_argument(
+        "--label", type=int, default=None, help="digit 0-9, 10 = unconditional (default: cycles 0-9)"
+    )
+    p.add_argument("--unconditional", action="store_true", help="sample with the null label")
+    p.add_argument("--batch-size", type=int, default=256, help="digits per solver call")
+    p.add_argument("--reference", action="store_true", help="also solve with dopri5 and report the distance")
+    p.add_argument("-o", "--output", default="samples.png", help="out.npz (images, labels) or out.png (grid)")
+    seed_and_threads(p, "seed of the starting noise", "CPU threads (torch and ONNX Runtime)")
+
+
 def main(args):
     """``fm-edge sample``."""
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if not str(args.output).endswith((".npz", ".png")):
         raise UsageError(f"-o {args.output!r} must end in .npz or .png")
-    device = check_device(getattr(args, "device", "auto"))
-    bf16 = getattr(args, "bf16", False)
-    name = pick_backend(args.backend, args.model, args.reference or bf16, device)  # checks the name too
+    device, bf16 = args.device, args.bf16
+    name = pick_backend(args.backend, args.model, args.reference or bf16, device)
     labels = default_labels(args.num_samples, args.label, args.unconditional)
     if args.reference and name != "torch":
         raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
-    graphs = False if getattr(args, "no_cuda_graphs", False) else None
+    graphs = False if args.no_cuda_graphs else None
     backend = make_backend(name, args.model, args.num_threads, device, bf16, graphs)
     s = resolve_sampler(args, backend.sampler)
     x = generate(

@@ -387,13 +387,62 @@ def _init_weights(cfg: TrainConfig) -> dict:
     return model.state_dict()
 
 
-def main(args) -> Path:
-    """``fm-edge train``: build a TrainConfig from the CLI flags and train."""
-    from fm_edge.cli import config_from_args
-
-    cfg = config_from_args(TrainConfig, args)
+def add_arguments(p) -> None:
+    """``fm-edge train``'s flags."""
+    from fm_edge.flags import seed_and_threads
+    from fm_edge.flow import TIME_SAMPLING
     from fm_edge.model import PRESETS
 
-    if cfg.preset not in PRESETS:
-        raise UsageError(f"unknown preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
-    return train(cfg, resume=args.resume)
+    p.add_argument("-o", "--output-dir", default="runs/compact", help="run folder (checkpoints and model/)")
+    p.add_argument("--preset", default="compact", choices=tuple(PRESETS), help="model preset")
+    p.add_argument(
+        "--data", default=None, help="local MNIST folder in the hub layout (default: hub ylecun/mnist)"
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (per process)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
+    p.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=LR_SCHEDULES,
+        help="after warm-up: constant, or a decay that reaches 0 at the last step",
+    )
+    p.add_argument("--epochs", type=float, default=10.0, help="passes over the training set")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        help="steps between loss fetches from the device (and NaN checks); checkpoints fetch too",
+    )
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint-<step> folder")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this checkpoint folder's weights (same preset; fresh optimizer, EMA and schedule)",
+    )
+    p.add_argument("--time-sampling", default="uniform", choices=TIME_SAMPLING, help="training-time density")
+    p.add_argument(
+        "--label-dropout", type=float, default=0.1, help="share of null labels (classifier-free guidance)"
+    )
+    p.add_argument("--ema-decay", type=float, default=0.999, help="largest EMA decay (after its warm-up)")
+    p.add_argument(
+        "--ot-coupling",
+        action="store_true",
+        help="pair noise and data within each batch by minimal squared distance (needs scipy)",
+    )
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPUs with AVX512-BF16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPUs)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    seed_and_threads(p, "seed of the weights, batch order and noise", "CPU threads for torch")
+
+
+def main(args) -> Path:
+    """``fm-edge train``: build a TrainConfig from the CLI flags and train."""
+    from fm_edge.flags import config_from_args
+
+    return train(config_from_args(TrainConfig, args), resume=args.resume)

@@ -19,6 +19,7 @@ def cfg(tmp_path, teacher, **kw):
     base = dict(
         teacher=str(teacher),
         output_dir=str(tmp_path),
+        method="pairs",
         cfg_scale=1.5,
         pairs=24,
         batch_size=8,
@@ -160,6 +161,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run(tiny_ckpt, tmp_path):
     run = tmp_path / "run"
     argv = [
         "distill",
+        "--method",
+        "pairs",
         "--teacher",
         str(tiny_ckpt),
         "--cfg-scale",

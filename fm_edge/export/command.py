@@ -123,6 +123,46 @@ def _warn_if_int8_is_stale(out: Path) -> None:
         )
 
 
+def add_arguments(p) -> None:
+    """``fm-edge export``'s flags."""
+    from fm_edge.flags import seed_and_threads
+    from fm_edge.quantize.recipe import RECIPES
+    from fm_edge.sampler_spec import shipped_teacher_spec
+    from fm_edge.solvers import SOLVERS
+
+    rec = shipped_teacher_spec()
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the shipped one)")
+    p.add_argument("-o", "--output-dir", default="onnx", help="folder for velocity.onnx, sampler.onnx, ...")
+    p.add_argument(
+        "--sampler-steps",
+        type=int,
+        default=None,
+        help=f"steps baked into sampler.onnx (default: the checkpoint's recommendation; the shipped "
+        f"teacher's is {rec.steps})",
+    )
+    p.add_argument(
+        "--solver",
+        default=None,
+        choices=tuple(SOLVERS),
+        help=f"solver baked into sampler.onnx (default: the checkpoint's recommendation; the shipped "
+        f"teacher's is {rec.solver})",
+    )
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20")
+    p.add_argument("--int8", action="store_true", help="also write velocity_int8.onnx, sampler_int8.onnx")
+    p.add_argument("--calib-samples", type=int, default=64, help="int8: noises per calibration run")
+    p.add_argument("--tolerance", type=float, default=0.10, help="int8: allowed relative FD increase")
+    p.add_argument(
+        "--int8-recipe",
+        default="default",
+        choices=tuple(RECIPES),
+        help="int8: float-cond-add keeps the time-embedding adds in float (+0.6 dB, any CPU); vnni "
+        "has 8-bit weights too (only for VNNI/AMX CPUs, AVX2 saturates); the rest are for comparison",
+    )
+    seed_and_threads(
+        p, "seed of the validation and calibration noise", "CPU threads (torch and ONNX Runtime)"
+    )
+
+
 def main(args):
     """``fm-edge export``: writes velocity.onnx and sampler.onnx (and the int8 files with --int8).
 
@@ -131,7 +171,7 @@ def main(args):
     older export (fp32 and int8 files alike) untouched, never a mix of two checkpoints.
     """
     options = None
-    if getattr(args, "int8", False):
+    if args.int8:
         from fm_edge.quantize.pipeline import int8_options, quantize_export
 
         options = int8_options(args)  # bad int8 flags fail here, before any work
