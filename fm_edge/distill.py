@@ -91,7 +91,7 @@ class DistillConfig:
 
 
 def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
-    """(teacher folder, its fm_edge.json, the teacher sampler to distil: solver, steps, cfg_scale, shift)."""
+    """(teacher folder, its fm_edge.json, the teacher sampler to distill: solver, steps, cfg_scale, shift)."""
     from fm_edge.artifacts import recommended_sampler
     from fm_edge.model import read_fm_config, resolve
     from fm_edge.solvers import check_solver
@@ -102,7 +102,7 @@ def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
     if rec.get("guidance") == "distilled":
         raise UsageError(
             f"teacher {str(path)!r} is itself a distilled student (guidance 'distilled'): "
-            "distil from a classifier-free-guided checkpoint written by fm-edge train"
+            "distill from a classifier-free-guided checkpoint written by fm-edge train"
         )
     s = {
         "solver": cfg.teacher_solver or rec["solver"],
@@ -507,7 +507,7 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> Path:
-    """``fm-edge distill``: build a DistillConfig from the CLI flags and distil."""
+    """``fm-edge distill``: build a DistillConfig from the CLI flags and distill."""
     from fm_edge.flags import config_from_args
 
     return distill(config_from_args(DistillConfig, args), resume=args.resume)
