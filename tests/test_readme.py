@@ -122,6 +122,26 @@ def test_every_image_and_local_link_exists(page):
     assert not missing, f"{page.name} links to missing files: {missing}"
 
 
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_anchor_names_a_heading(page):
+    bad = []
+    for target in LINK.findall(BLOCK.sub("", page.read_text())):
+        path, _, anchor = target[1].partition("#")
+        if not anchor or "://" in path:
+            continue
+        dest = (page.parent / path).resolve() if path else page
+        if dest.suffix == ".md" and dest.exists():
+            headings = re.findall(r"^#+ (.+)$", BLOCK.sub("", dest.read_text()), re.M)
+            if anchor not in {_slug(h) for h in headings}:
+                bad.append(target[1])
+    assert not bad, f"{page.name}: anchors with no heading: {bad}"
+
+
 def test_every_image_is_tracked_by_git():
     """An image that exists only in the working tree would be missing from a fresh clone."""
     images = sorted({str(path.relative_to(ROOT)) for p in PAGES for img, path in _local_links(p) if img})
