@@ -74,6 +74,7 @@ def export_velocity(model, opset: int = 17, metadata: dict[str, str] | None = No
             do_constant_folding=True,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    _keep_timestep_input(proto)
     proto.producer_name, proto.doc_string = (
         "fm-edge",
         "fm-edge flow-matching velocity net (see metadata_props)",
@@ -81,3 +82,14 @@ def export_velocity(model, opset: int = 17, metadata: dict[str, str] | None = No
     set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _keep_timestep_input(proto) -> None:
+    """A time-free net (a one-step student) ignores ``timestep`` and the exporter drops it; put it back as an
+    unused input so every velocity.onnx has the same three inputs (ORT accepts and ignores it)."""
+    import onnx
+
+    if any(i.name == INPUTS[1] for i in proto.graph.input):
+        return
+    t = onnx.helper.make_tensor_value_info(INPUTS[1], onnx.TensorProto.FLOAT, ["batch"])
+    proto.graph.input.insert(1, t)

@@ -129,6 +129,20 @@ RECIPES = {
         name="qdq-norm-int8", exclude_roles=("conditioning", "attention", "first_conv", "last_conv")
     ),
     "nchw": Recipe(name="qdq-nchw", disabled_optimizers=("NhwcTransformer",)),
+    # The time-free, norm-free one-step student (fm_edge.student_net): only the label embedding stays in
+    # float; its first conv sees 1 + label channels and its last conv 4 outputs (space-to-depth), so both
+    # run in int8 too (scripts/int8_student_arch.py). 7-bit weights: safe on AVX2 CPUs, same speed on VNNI.
+    # Relu is quantized too: then ORT folds it into the conv before it (otherwise each conv output is
+    # dequantized and requantized with the Relu's range, a DQ -> Q float round trip per conv).
+    "student": Recipe(
+        name="fm-edge-qdq-student", op_types=(*ALL_OPS, "Relu"), exclude_roles=("conditioning",)
+    ),
+    "student-float-ends": Recipe(
+        name="qdq-student-float-ends",
+        op_types=(*ALL_OPS, "Relu"),
+        exclude_roles=("conditioning", "first_conv", "last_conv"),
+    ),
+    "student-no-relu": Recipe(name="qdq-student-no-relu", exclude_roles=("conditioning",)),
 }
 
 

@@ -1,0 +1,145 @@
+"""A one-step student made for int8: a time-free, norm-free conv net with the UNet2DModel call signature.
+
+A one-step student is only ever evaluated at t=1, so it needs no time input: no time embedding, no
+scale-shift per block and no GroupNorm, whose float kernels kept the UNet's int8 graph in float. What is
+left is what ONNX Runtime runs end to end in int8:
+
+- label conditioning once, at the input: a learned embedding of the label (0-10) broadcast to planes and
+  concatenated to the noise (float until the first QuantizeLinear, then never again);
+- an optional space-to-depth stem (``patch_size=2``: a 4x4 stride-2 conv) so every conv works at 16x16 or
+  below with wider channels (fewer, wider ops), and a depth-to-space output;
+- residual blocks ``h + conv(relu(conv(h)))`` whose second conv starts at zero, so the net trains without
+  norms; strided 3x3 convs down; nearest 2x resize + 3x3 conv up, with additive skips;
+- ReLU only (ORT folds it into the quantized conv), channel counts that suit VNNI (multiples of 16).
+
+``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (the timestep is accepted and ignored),
+so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.unets.unet_2d import UNet2DOutput
+from torch import nn
+from torch.nn import functional as F
+
+from fm_edge.convention import MODEL_SIZE, NULL_LABEL, NUM_CLASS_EMBEDS
+from fm_edge.errors import UsageError
+
+#: Named student sizes (``--student-arch``); "tiny" is for tests.
+ARCHS: dict[str, dict] = {
+    "s2-64-128": dict(patch_size=2, block_out_channels=(64, 128), layers_per_block=(2, 3)),
+    "s2-48-96-128": dict(patch_size=2, block_out_channels=(48, 96, 128), layers_per_block=(1, 2, 2)),
+    "p1-32-64-128": dict(patch_size=1, block_out_channels=(32, 64, 128), layers_per_block=(1, 2, 2)),
+    "s2-32-64": dict(patch_size=2, block_out_channels=(32, 64), layers_per_block=(2, 2)),
+    "tiny": dict(patch_size=2, block_out_channels=(8, 16), layers_per_block=(1, 1), label_channels=4),
+}
+
+
+class _Block(nn.Module):
+    """``h + conv2(relu(conv1(h)))``; conv2 starts at zero so every block starts as the identity."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, h):
+        return h + self.conv2(F.relu(self.conv1(h)))
+
+
+def _per_level(value, levels: int, name: str) -> tuple[int, ...]:
+    vals = (value,) * levels if isinstance(value, int) else tuple(value)
+    if len(vals) != levels or any(not isinstance(v, int) or v < 0 for v in vals):
+        raise UsageError(f"{name} must be one int >= 0 or {levels} of them (one per level), got {value!r}")
+    return vals
+
+
+class OneStepNet(ModelMixin, ConfigMixin):
+    """Time-free, norm-free conv student; ``forward(sample, timestep, class_labels).sample`` is the velocity."""
+
+    #: read by the samplers, the export and the pipeline: any step count but 1 is refused
+    one_step_only = True
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = MODEL_SIZE,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        num_class_embeds: int = NUM_CLASS_EMBEDS,
+        label_channels: int = 16,
+        patch_size: int = 2,
+        block_out_channels: tuple[int, ...] = (64, 128),
+        layers_per_block: int | tuple[int, ...] = 2,
+        up_layers_per_block: int | tuple[int, ...] = 1,
+    ):
+        super().__init__()
+        chans = tuple(block_out_channels)
+        levels = len(chans)
+        if levels < 1 or any(not isinstance(c, int) or c < 1 for c in chans):
+            raise UsageError(f"block_out_channels must be positive ints, got {block_out_channels!r}")
+        if patch_size not in (1, 2):
+            raise UsageError(f"patch_size must be 1 or 2, got {patch_size}")
+        if sample_size % (patch_size * 2 ** (levels - 1)):
+            raise UsageError(
+                f"sample_size {sample_size} is not divisible by patch_size x 2^(levels-1) = "
+                f"{patch_size * 2 ** (levels - 1)}"
+            )
+        for name, v in (("label_channels", label_channels), ("num_class_embeds", num_class_embeds)):
+            if v < 1:
+                raise UsageError(f"{name} must be >= 1, got {v}")
+        down = _per_level(layers_per_block, levels, "layers_per_block")
+        up = _per_level(up_layers_per_block, levels - 1, "up_layers_per_block") if levels > 1 else ()
+        self.label_embedding = nn.Embedding(num_class_embeds, label_channels)
+        stem_in = in_channels + label_channels
+        if patch_size == 1:
+            self.stem = nn.Conv2d(stem_in, chans[0], 3, padding=1)
+        else:
+            self.stem = nn.Conv2d(stem_in, chans[0], 4, stride=2, padding=1)
+        self.downsamplers = nn.ModuleList(
+            nn.Conv2d(chans[i - 1], chans[i], 3, stride=2, padding=1) for i in range(1, levels)
+        )
+        self.down_blocks = nn.ModuleList(
+            nn.Sequential(*(_Block(c) for _ in range(n))) for c, n in zip(chans, down)
+        )
+        self.upsamplers = nn.ModuleList(
+            nn.Conv2d(chans[i + 1], chans[i], 3, padding=1) for i in range(levels - 1)
+        )
+        self.up_blocks = nn.ModuleList(
+            nn.Sequential(*(_Block(chans[i]) for _ in range(up[i]))) for i in range(levels - 1)
+        )
+        self.conv_out = nn.Conv2d(chans[0], out_channels * patch_size**2, 3, padding=1)
+
+    def forward(self, sample, timestep=None, class_labels=None, return_dict: bool = True):
+        """Velocity at t=1 for ``sample`` [B, C, H, W]; ``timestep`` is ignored (a one-step student)."""
+        b, _, h, w = sample.shape
+        if class_labels is None:
+            class_labels = torch.full((b,), NULL_LABEL, dtype=torch.long, device=sample.device)
+        planes = self.label_embedding(class_labels.reshape(-1)).to(sample.dtype)
+        planes = planes[:, :, None, None].expand(b, planes.shape[1], h, w)
+        x = F.relu(self.stem(torch.cat([sample, planes], dim=1)))
+        skips = []
+        for i, blocks in enumerate(self.down_blocks):
+            if i > 0:
+                x = F.relu(self.downsamplers[i - 1](x))
+            x = blocks(x)
+            skips.append(x)
+        for i in reversed(range(len(self.upsamplers))):
+            x = F.relu(self.upsamplers[i](F.interpolate(x, scale_factor=2.0, mode="nearest")))
+            x = self.up_blocks[i](x + skips[i])
+        x = self.conv_out(x)
+        if self.config.patch_size > 1:
+            x = F.pixel_shuffle(x, self.config.patch_size)
+        return UNet2DOutput(sample=x) if return_dict else (x,)
+
+
+def build(arch: str, **overrides) -> OneStepNet:
+    """A freshly initialised student of the named size (``ARCHS``)."""
+    if arch not in ARCHS:
+        raise UsageError(f"unknown student arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    return OneStepNet(**{**ARCHS[arch], **overrides})
