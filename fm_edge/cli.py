@@ -44,6 +44,10 @@ HELP = {
         "Gradio demo: int8 next to fp32 from the same noise",
         "Serves a page (127.0.0.1 unless --host says otherwise) that samples the same noise through velocity.onnx and velocity_int8.onnx, and through PyTorch when torch is installed.",
     ),
+    "web": (
+        "static site: digits in the browser with onnxruntime-web (no server code)",
+        "Writes a folder any static host serves: a page that runs sampler.onnx (and its int8 sibling, from the same noise) with onnxruntime-web's WASM or WebGPU backend; the runtime's files come from npm ci --prefix web.",
+    ),
     "env": (
         "versions, CPU features and providers (for bug reports)",
         "Prints the versions of fm-edge's dependencies, the CPU's int8/bf16 features and ORT's providers.",
@@ -107,6 +111,7 @@ COMMANDS = {
     "export": ("fm_edge.export.command", "main"),
     "bench": ("fm_edge.bench", "main"),
     "demo": ("fm_edge.demo.command", "main"),
+    "web": ("fm_edge.web.command", "main"),
     "env": ("fm_edge.envinfo", "main"),
 }
 
