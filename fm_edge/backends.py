@@ -19,7 +19,8 @@ import numpy as np
 
 from fm_edge.convention import MODEL_SIZE, check_labels, check_model_input, decode_uint8
 from fm_edge.errors import UsageError
-from fm_edge.solvers import check_cfg, check_solver, sample
+from fm_edge.sampler_spec import SamplerSpec
+from fm_edge.solvers import sample
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Backend:
 
     name: str
     velocity: Callable
-    sampler: dict  # the model's recommended solver/steps/cfg_scale/shift
+    sampler: SamplerSpec  # the model's recommended sampler
     to_native: Callable = lambda a: a
     to_numpy: Callable = lambda a: a
     info: dict | None = None
@@ -85,8 +86,8 @@ def torch_backend(
     ``cuda_graphs=False``; ``bf16`` autocasts the UNet."""
     import torch
 
-    from fm_edge.artifacts import recommended_sampler
     from fm_edge.model import load, resolve, velocity_fn
+    from fm_edge.sampler_spec import checkpoint_spec
 
     device = torch_device(device)
     if num_threads:
@@ -102,7 +103,7 @@ def torch_backend(
         name="torch",
         velocity=velocity,
         solve=solve,
-        sampler=recommended_sampler(fm.get("sampler")),
+        sampler=checkpoint_spec(fm),
         to_native=lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device),
         to_numpy=lambda a: a.detach().float().cpu().numpy(),
         info={
@@ -125,7 +126,7 @@ def onnx_backend(model_path=None, num_threads: int | None = None, device: str = 
     return Backend(
         name="onnx",
         velocity=v,
-        sampler=v.recommended_sampler(),
+        sampler=v.sampler,
         info={"model": str(v.path), "device": providers},
     )
 
@@ -133,10 +134,7 @@ def onnx_backend(model_path=None, num_threads: int | None = None, device: str = 
 def generate(
     backend: Backend,
     labels: np.ndarray,
-    steps: int,
-    solver: str,
-    cfg_scale: float,
-    shift: float = 1.0,
+    spec: SamplerSpec,
     seed: int = 0,
     batch_size: int = 256,
     noise: np.ndarray | None = None,
@@ -144,13 +142,14 @@ def generate(
     raw: bool = False,
     callback: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Sample len(labels) digits; uint8 [N,28,28] (or the float model-space x when ``raw``).
+    """Sample len(labels) digits with the sampler ``spec``; uint8 [N,28,28] (or the float model-space x when
+    ``raw``).
 
     ``progress`` shows a tqdm bar on stderr; ``callback(done, total)`` is called after every ODE step of
     every batch (the demo's progress), ``total`` = steps x batches.
     """
-    check_solver(solver, steps)
-    check_cfg(cfg_scale)
+    spec.check()
+    steps = spec.steps
     labels = check_labels(labels)
     if labels.ndim != 1:
         raise UsageError(f"labels have shape {list(labels.shape)}: expected one label per sample, [N]")
@@ -161,33 +160,32 @@ def generate(
     if batch_size < 1:
         raise UsageError(f"batch size must be >= 1, got {batch_size}")
     bar = None
+    total, done = steps * -(-n // batch_size), [0]
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=n * steps, desc=f"sample ({solver}, {steps} steps)", unit="img-step", file=sys.stderr
-        )
+        bar = tqdm(total=total, desc=f"sample ({spec.describe()})", unit="step", file=sys.stderr)
     outs = []
-    total, done = steps * -(-n // batch_size), [0]
     try:
         for i in range(0, n, batch_size):
             xb = backend.to_native(x1[i : i + batch_size])
             yb = backend.to_native(np.asarray(labels[i : i + batch_size], dtype=np.int64))
-            nb = len(labels[i : i + batch_size])
 
-            def cb(_step, _steps, nb=nb):
+            def cb(_step, _steps):
                 done[0] += 1
                 if bar:
-                    bar.update(nb)
+                    bar.update(1)
                 if callback:
                     callback(done[0], total)
 
             if backend.solve is not None:  # one replay does every step
-                x0 = backend.solve(xb, yb, steps, solver, cfg_scale, shift)
+                x0 = backend.solve(xb, yb, spec)
                 for s in range(steps):
                     cb(s + 1, steps)
             else:
-                x0 = sample(backend.velocity, xb, yb, steps, solver, cfg_scale, shift, callback=cb)
+                x0 = sample(
+                    backend.velocity, xb, yb, steps, spec.solver, spec.cfg_scale, spec.shift, callback=cb
+                )
             outs.append(backend.to_numpy(x0))
     finally:
         if bar:

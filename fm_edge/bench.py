@@ -64,9 +64,11 @@ class PeakRSS:
 
 def _velocity_runner(backend, cfg_scale, shift):
     from fm_edge.backends import generate
+    from fm_edge.sampler_spec import SamplerSpec
 
     def run(noise, labels, steps):
-        return generate(backend, labels, steps, "euler", cfg_scale, shift, noise=noise, batch_size=len(noise))
+        spec = SamplerSpec("euler", steps, cfg_scale, shift)
+        return generate(backend, labels, spec, noise=noise, batch_size=len(noise))
 
     return run
 
@@ -143,13 +145,14 @@ def bench(
     """
     from tqdm.auto import tqdm
 
-    from fm_edge.artifacts import recommended_sampler, shipped_onnx
+    from fm_edge.artifacts import shipped_onnx
     from fm_edge.backends import make_noise
     from fm_edge.model import read_fm_config, resolve
+    from fm_edge.sampler_spec import checkpoint_spec
     from fm_edge.timing import median, time_alternating
 
-    rec = recommended_sampler(read_fm_config(resolve(model_dir)).get("sampler"))
-    cfg_scale, shift = float(rec["cfg_scale"]), float(rec["shift"])
+    rec = checkpoint_spec(read_fm_config(resolve(model_dir)))
+    cfg_scale, shift = rec.cfg_scale, rec.shift
     onnx_dir = Path(onnx_dir) if onnx_dir else shipped_onnx(VELOCITY_FILE).parent
     q_labels = default_labels(quality_samples)
     q_noise = make_noise(quality_samples, seed + 1)

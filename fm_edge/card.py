@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from fm_edge.artifacts import SHIPPED
+from fm_edge.sampler_spec import SamplerSpec
 
 #: The Hub's front matter: library and task, and diffusers' ``diffusers:<pipeline class>`` tag.
 TAGS = ["flow-matching", "mnist", "class-conditional", "fm-edge", "diffusers:FmEdgePipeline"]
@@ -26,7 +27,7 @@ def _where(folder: Path) -> str:
 def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
     """Render README.md for a checkpoint from its fm_edge config and (optionally) measured quality."""
     tr = config.get("training", {})
-    s = config.get("sampler", {})
+    s = SamplerSpec.from_dict(config.get("sampler"))
     lines = [
         "---",
         "library_name: diffusers",
@@ -51,13 +52,8 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "",
         "## Recommended sampler",
         "",
-        f"`{s.get('solver')}`, {s.get('steps')} steps, CFG scale {s.get('cfg_scale')}, "
-        f"time shift {s.get('shift', 1.0)}."
-        + (
-            f" Guidance-distilled at scale {s.get('distilled_cfg_scale')}: one forward pass per step, no CFG batch."
-            if s.get("guidance") == "distilled"
-            else ""
-        ),
+        f"`{s.solver}`, {s.steps} step{'' if s.steps == 1 else 's'}, {s.guidance_text()}, time shift {s.shift:g}."
+        + (" One forward pass per step, no CFG batch." if s.distilled else ""),
         "",
         "## Use with diffusers",
         "",

@@ -16,6 +16,7 @@ import numpy as np
 from fm_edge.backends import generate
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import UsageError
+from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import nfe
 
 
@@ -47,7 +48,8 @@ def nfe_curve(
     rows = []
     for solver in solvers:
         for k in steps:
-            x = generate(backend, labels, k, solver, cfg_scale, shift, noise=noise, raw=True, progress=True)
+            spec = SamplerSpec(solver, k, cfg_scale, shift)
+            x = generate(backend, labels, spec, noise=noise, raw=True, progress=True)
             r = evaluate_images(decode_uint8(x), labels)
             row = {
                 "solver": solver,
@@ -80,7 +82,7 @@ def sweep(
     rows = []
     for cfg in cfg_scales:
         for shift in shifts:
-            imgs = generate(backend, labels, steps, solver, cfg, shift, seed=seed)
+            imgs = generate(backend, labels, SamplerSpec(solver, steps, cfg, shift), seed=seed)
             r = evaluate_images(imgs, labels)
             rows.append(dict(solver=solver, steps=steps, cfg_scale=cfg, shift=shift, fd=r["fd"],
                              label_accuracy=r["label_accuracy"]))  # fmt: skip
@@ -155,15 +157,14 @@ def main(args) -> Path:
         steps = tuple(int(s) for s in args.steps_list.split(","))
     except ValueError:
         raise UsageError(f"--steps-list {args.steps_list!r} must be comma-separated integers") from None
-    from fm_edge.solvers import check_cfg, check_solver
+    from fm_edge.solvers import check_solver
 
     for s in solvers:
         for k in steps:
             check_solver(s, k)
     backend = torch_backend(args.model, args.num_threads, args.device)
-    cfg = backend.sampler["cfg_scale"] if args.cfg_scale is None else args.cfg_scale
-    shift = backend.sampler.get("shift", 1.0) if args.shift is None else args.shift
-    check_cfg(cfg)
+    rec = backend.sampler.override(cfg_scale=args.cfg_scale, shift=args.shift)
+    cfg, shift = rec.cfg_scale, rec.shift
     result = nfe_curve(
         backend,
         solvers=solvers,

@@ -27,10 +27,11 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
-from fm_edge.artifacts import FM_CONFIG, recommended_sampler
+from fm_edge.artifacts import FM_CONFIG
 from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, PAD, T_SCALE, check_labels, decode_uint8
 from fm_edge.errors import UsageError
 from fm_edge.model import read_fm_config
+from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg, check_solver, time_grid
 
 logger = logging.get_logger(__name__)
@@ -74,8 +75,9 @@ def _check_scale(scale) -> None:
 
 def _guidance_scale(guidance_scale, sampler: dict) -> tuple[float, bool]:
     """(scale, whether to run the batched cond+uncond pass) for a requested guidance_scale."""
-    if sampler.get("guidance") == "distilled":
-        distilled = sampler.get("distilled_cfg_scale")
+    spec = SamplerSpec.from_dict(sampler)
+    if spec.distilled:
+        distilled = spec.distilled_cfg_scale
         if guidance_scale is not None:
             _check_scale(guidance_scale)
             if distilled is None or guidance_scale != distilled:
@@ -141,7 +143,7 @@ class FmEdgePipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(sampler=recommended_sampler(sampler))
+        self.register_to_config(sampler=SamplerSpec.from_dict(sampler).to_dict())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -164,7 +166,7 @@ class FmEdgePipeline(DiffusionPipeline):
         for key, want in (("t_scale", T_SCALE), ("null_label", NULL_LABEL)):
             if key in fm and float(fm[key]) != want:
                 raise UsageError(f"{folder}: {FM_CONFIG} has {key}={fm[key]}, FmEdgePipeline needs {want:g}")
-        sampler = recommended_sampler(sampler or fm.get("sampler"))
+        sampler = SamplerSpec.from_dict(sampler or fm.get("sampler")).to_dict()
         if sampler["solver"] != "euler":
             logger.warning(
                 f"{folder} recommends the {sampler['solver']} solver; FmEdgePipeline runs diffusers' Euler "

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.sampler_spec import SamplerSpec
 
 METHODS = ("progressive", "pairs")
 TEACHER_SOLVERS = ("euler", "heun")
@@ -90,38 +91,31 @@ class DistillConfig:
             check_cfg(self.cfg_scale)
 
 
-def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
-    """(teacher folder, its fm_edge.json, the teacher sampler to distill: solver, steps, cfg_scale, shift)."""
-    from fm_edge.artifacts import recommended_sampler
+def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, SamplerSpec]:
+    """(teacher folder, its fm_edge.json, the teacher sampler to distill: its recommendation with the
+    --teacher-steps, --teacher-solver and --cfg-scale overrides)."""
     from fm_edge.model import read_fm_config, resolve
-    from fm_edge.solvers import check_solver
+    from fm_edge.sampler_spec import checkpoint_spec
 
     path = resolve(cfg.teacher)
     fm = read_fm_config(path)
-    rec = recommended_sampler(fm.get("sampler"))
-    if rec.get("guidance") == "distilled":
+    rec = checkpoint_spec(fm)
+    if rec.distilled:
         raise UsageError(
             f"teacher {str(path)!r} is itself a distilled student (guidance 'distilled'): "
             "distill from a classifier-free-guided checkpoint written by fm-edge train"
         )
-    s = {
-        "solver": cfg.teacher_solver or rec["solver"],
-        "steps": cfg.teacher_steps or rec["steps"],
-        "cfg_scale": float(rec["cfg_scale"] if cfg.cfg_scale is None else cfg.cfg_scale),
-        "shift": float(rec.get("shift", 1.0)),
-    }
-    if s["solver"] not in TEACHER_SOLVERS:
-        raise UsageError(
-            f"unknown teacher solver {s['solver']!r}: choose one of {', '.join(TEACHER_SOLVERS)}"
-        )
-    check_solver(s["solver"], s["steps"])
+    solver = cfg.teacher_solver or rec.solver
+    if solver not in TEACHER_SOLVERS:
+        raise UsageError(f"unknown teacher solver {solver!r}: choose one of {', '.join(TEACHER_SOLVERS)}")
+    s = rec.override(steps=cfg.teacher_steps, solver=solver, cfg_scale=cfg.cfg_scale)
     if cfg.method == "progressive":
-        rounds = s["steps"] / cfg.student_steps
-        if s["solver"] != "euler":
+        rounds = s.steps / cfg.student_steps
+        if s.solver != "euler":
             raise UsageError("--method progressive halves an Euler grid: use --teacher-solver euler")
         if rounds < 2 or rounds != 2 ** round(math.log2(rounds)):
             raise UsageError(
-                f"--teacher-steps {s['steps']}: progressive needs {cfg.student_steps} x a power of 2 "
+                f"--teacher-steps {s.steps}: progressive needs {cfg.student_steps} x a power of 2 "
                 f"(>= {2 * cfg.student_steps}) teacher steps"
             )
     return path, fm, s
@@ -130,8 +124,8 @@ def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, dict]:
 # --- the pairs method ---
 
 
-def _pair_meta(teacher_hash: str, s: dict, seed: int, chunk: int) -> dict:
-    return {"teacher_sha256": teacher_hash, **s, "seed": seed, "chunk": chunk, "chunk_size": CHUNK}
+def _pair_meta(teacher_hash: str, s: SamplerSpec, seed: int, chunk: int) -> dict:
+    return {"teacher_sha256": teacher_hash, **s.to_dict(), "seed": seed, "chunk": chunk, "chunk_size": CHUNK}
 
 
 def pair_chunk_inputs(seed: int, chunk: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +168,7 @@ def teacher_pairs(
                 if backend is None:
                     backend = torch_backend(teacher, cfg.num_threads, device)
                 x0 = generate(
-                    backend, y, s["steps"], s["solver"], s["cfg_scale"], s["shift"], noise=x1, raw=True,
+                    backend, y, s, noise=x1, raw=True,
                     batch_size=CHUNK,
                 )  # fmt: skip
                 with atomic_file(path) as tmp, open(tmp, "wb") as f:
@@ -226,7 +220,7 @@ def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
 
 
 def rounds_of(cfg: DistillConfig, s: dict) -> int:
-    return round(math.log2(s["steps"] / cfg.student_steps))
+    return round(math.log2(s.steps / cfg.student_steps))
 
 
 def round_at(step: int, cfg: DistillConfig, n_rounds: int) -> int:
@@ -274,15 +268,10 @@ def _write_student(out: Path, model, ema, cfg: DistillConfig, state: dict, fm: d
     """OUT/model: save_pretrained with the EMA weights, fm_edge.json (distilled sampler), model card."""
     from fm_edge.model import fm_config, save_inference_folder
 
-    shift = record["teacher_sampler"]["shift"] if cfg.method == "progressive" else 1.0
-    sampler = {
-        "solver": "euler",
-        "steps": cfg.student_steps,
-        "cfg_scale": 1.0,
-        "shift": shift,
-        "guidance": "distilled",
-        "distilled_cfg_scale": record["teacher_sampler"]["cfg_scale"],
-    }
+    ts = SamplerSpec.from_dict(record["teacher_sampler"])
+    baked = ts.distilled_cfg_scale if ts.distilled else ts.cfg_scale
+    shift = ts.shift if cfg.method == "progressive" else 1.0  # progressive keeps the teacher's grid
+    sampler = SamplerSpec("euler", cfg.student_steps, 1.0, shift, distilled_cfg_scale=baked)
     record = dict(
         record, steps=state["step"], images_seen=state["images_seen"],
         seconds=round(state["train_seconds"], 1), final_loss_ema=state.get("loss_ema"),
@@ -318,7 +307,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         "method": cfg.method,
         "teacher": str(teacher),
         "teacher_sha256": weights_hash(teacher),
-        "teacher_sampler": s,
+        "teacher_sampler": s.to_dict(),
         "student_steps": cfg.student_steps,
         "pairs": cfg.pairs if cfg.method == "pairs" else None,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("teacher", "output_dir")},
@@ -331,9 +320,9 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         record["pairs_seconds"] = round(time.time() - t_gen, 1)
     else:
         tmodel, _ = load(teacher, device=device)
-        teacher_v = guided(velocity_fn(tmodel), s["cfg_scale"])
+        teacher_v = guided(velocity_fn(tmodel), s.cfg_scale)
         n_rounds = rounds_of(cfg, s)
-        record["rounds"] = [s["steps"] // 2**r for r in range(n_rounds + 1)]
+        record["rounds"] = [s.steps // 2**r for r in range(n_rounds + 1)]
 
     model, _ = load(teacher, device=device)  # the student starts as the teacher
     model.train()
@@ -382,7 +371,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
                     teacher_v if r == 0 else _round_teacher(out, r, step, cfg, n_rounds, model, ema, device)
                 )
                 prev_round = r
-                grid = time_grid(s["steps"] // 2**r, s["shift"])
+                grid = time_grid(s.steps // 2**r, s.shift)
             x1 = torch.randn((cfg.batch_size, 1, 32, 32), generator=gen).to(device)
             y = torch.randint(0, 11, (cfg.batch_size,), generator=gen).to(device)
             with autocast:

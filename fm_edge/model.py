@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from fm_edge import __version__
-from fm_edge.artifacts import DEFAULT_SAMPLER, FM_CONFIG, SHIPPED, WEIGHTS
+from fm_edge.artifacts import FM_CONFIG, SHIPPED, WEIGHTS
 from fm_edge.convention import CONVENTION, MODEL_SIZE, NUM_CLASS_EMBEDS, T_SCALE
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.sampler_spec import SamplerSpec
 
 _BASE = dict(
     sample_size=MODEL_SIZE,
@@ -74,13 +75,16 @@ def build(preset: str):
     return UNet2DModel(**PRESETS[preset])
 
 
-def fm_config(preset: str, sampler: dict | None = None, **extra) -> dict:
-    """The small fm-edge config stored next to the diffusers config."""
+def fm_config(preset: str, sampler: SamplerSpec | dict | None = None, **extra) -> dict:
+    """The small fm-edge config stored next to the diffusers config (``sampler``: a spec, or its
+    fm_edge.json form; default :class:`SamplerSpec`'s)."""
+    if isinstance(sampler, dict):
+        sampler = SamplerSpec.from_dict(sampler)
     return {
         "fm_edge_version": __version__,
         "preset": preset,
         **CONVENTION,
-        "sampler": dict(sampler or DEFAULT_SAMPLER),
+        "sampler": (sampler or SamplerSpec()).to_dict(),
         **extra,
     }
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fm_edge.artifacts import sampler_from_metadata
 from fm_edge.convention import T_SCALE, check_labels, check_model_input
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg
 
 #: name -> element type of the inputs each kind of file must have, in order
@@ -145,9 +145,10 @@ class _OnnxModel:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def recommended_sampler(self) -> dict:
-        """The solver/steps/cfg_scale/shift recorded at export (package defaults for what it omits)."""
-        return sampler_from_metadata(self.metadata, repr(str(self.path)))
+    @property
+    def sampler(self) -> SamplerSpec:
+        """The sampler recorded at export (package defaults for what it omits)."""
+        return SamplerSpec.from_metadata(self.metadata, repr(str(self.path)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, providers={self.providers})"
@@ -194,15 +195,15 @@ class OnnxSampler(_OnnxModel):
 
     @property
     def solver(self) -> str:
-        return self.recommended_sampler()["solver"]
+        return self.sampler.solver
 
     @property
     def steps(self) -> int:
-        return self.recommended_sampler()["steps"]
+        return self.sampler.steps
 
     @property
     def cfg_scale(self) -> float:
-        return self.recommended_sampler()["cfg_scale"]
+        return self.sampler.cfg_scale
 
     def __call__(self, noise: np.ndarray, labels, cfg_scale: float | None = None) -> np.ndarray:
         noise = check_model_input(noise, "noise")

@@ -15,7 +15,6 @@ from pathlib import Path
 from fm_edge.backends import Backend, generate, onnx_backend, torch_backend
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import UsageError
-from fm_edge.solvers import check_cfg, check_solver, nfe, time_grid
 
 BACKENDS = ("auto", "torch", "onnx", "torchao")
 
@@ -86,31 +85,6 @@ def make_backend(
     raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
-def resolve_sampler(args, recommended: dict) -> dict:
-    """CLI flags override the model's recommended solver, steps, CFG scale and shift."""
-    s = dict(recommended)
-    cfg = getattr(args, "cfg_scale", None)
-    if s.get("guidance") == "distilled" and cfg is not None and cfg != s["cfg_scale"]:
-        raise UsageError(
-            f"--cfg-scale {cfg}: this student has guidance {s.get('distilled_cfg_scale')} distilled into its "
-            "weights and runs one pass per step; omit --cfg-scale (guiding it again would double the batch "
-            "and over-guide)"
-        )
-    for key, flag in (
-        ("steps", "steps"),
-        ("solver", "solver"),
-        ("cfg_scale", "cfg_scale"),
-        ("shift", "shift"),
-    ):
-        val = getattr(args, flag, None)
-        if val is not None:
-            s[key] = val
-    check_solver(s["solver"], s["steps"])
-    check_cfg(s["cfg_scale"])
-    time_grid(1, s["shift"])  # validates the shift
-    return s
-
-
 def add_arguments(p) -> None:
     """``fm-edge sample``'s flags."""
     from fm_edge.flags import device_flag, sampler_flags, seed_and_threads
@@ -163,28 +137,14 @@ def main(args):
         raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")
     graphs = False if args.no_cuda_graphs else None
     backend = make_backend(name, args.model, args.num_threads, device, bf16, graphs)
-    s = resolve_sampler(args, backend.sampler)
-    x = generate(
-        backend,
-        labels,
-        s["steps"],
-        s["solver"],
-        s["cfg_scale"],
-        s["shift"],
-        args.seed,
-        args.batch_size,
-        progress=True,
-        raw=True,
-    )
-    print(
-        f"{args.num_samples} samples, {s['solver']} x {s['steps']} steps = NFE {nfe(s['solver'], s['steps'])}, "
-        f"cfg {s['cfg_scale']}, backend {backend.name} ({(backend.info or {}).get('device', 'cpu')})",
-        file=sys.stderr,
-    )
+    s = backend.sampler.override(args.steps, args.solver, args.cfg_scale, args.shift)
+    x = generate(backend, labels, s, args.seed, args.batch_size, progress=True, raw=True)
+    device = (backend.info or {}).get("device", "cpu")
+    print(f"{args.num_samples} samples, {s.describe()}, backend {backend.name} ({device})", file=sys.stderr)
     if args.reference:
         from fm_edge.reference import distance_to_reference
 
-        d = distance_to_reference(backend, x, labels, s["cfg_scale"], args.seed)
+        d = distance_to_reference(backend, x, labels, s.cfg_scale, args.seed)
         print(
             f"distance to the dopri5 solution: RMS {d['rms']:.4f}, max {d['max']:.4f} (model space)",
             file=sys.stderr,

@@ -25,13 +25,16 @@ from fm_edge.atomic import write_bytes
 from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.distill import DistillConfig, distill
 from fm_edge.evaluate import evaluate_images
+from fm_edge.sampler_spec import SamplerSpec
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "distill_prototype.json"
 
 
 def judge(backend, steps, cfg_scale, shift, noise, labels) -> dict:
     t0 = time.perf_counter()
-    images = generate(backend, labels, steps, "euler", cfg_scale, shift, noise=noise, batch_size=250)
+    images = generate(
+        backend, labels, SamplerSpec("euler", steps, cfg_scale, shift), noise=noise, batch_size=250
+    )
     secs = time.perf_counter() - t0
     r = evaluate_images(images, labels)
     keys = ("n", "fd", "fd_floor", "fd_floor_n", "label_accuracy")

@@ -98,11 +98,13 @@ def prepare(arch: str, recipes: list[str], folder: Path, noises: int, log) -> di
     """Export fp32, calibrate on trajectories, quantize each recipe; returns paths, SQNR and sizes."""
     import onnx
 
-    from fm_edge.artifacts import DEFAULT_SAMPLER as S
     from fm_edge.export.velocity import export_velocity
     from fm_edge.quantize import calibrate
     from fm_edge.quantize.ort_int8 import quantize_velocity
     from fm_edge.quantize.sqnr import output_sqnr
+    from fm_edge.sampler_spec import SamplerSpec
+
+    S = SamplerSpec()  # the package default sampler
 
     model = build(arch)
     params = sum(p.numel() for p in model.parameters())
@@ -111,10 +113,10 @@ def prepare(arch: str, recipes: list[str], folder: Path, noises: int, log) -> di
     traj = calibrate.collect(
         numpy_velocity(ort_session(fp32, 2, True)),
         noises,
-        S["solver"],
-        S["steps"],
-        S["cfg_scale"],
-        S["shift"],
+        S.solver,
+        S.steps,
+        S.cfg_scale,
+        S.shift,
     )
     held = traj.feeds(slice(1, None, max(1, len(traj) // 96)))  # ~96 rows, every step and label
     out = {"arch": arch, "params": params, "fp32": str(fp32), "int8": {}, "sqnr_db": {}, "size_ratio": {}}

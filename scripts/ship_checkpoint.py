@@ -30,6 +30,7 @@ from fm_edge.curve import sweep as curve_sweep  # noqa: E402
 from fm_edge.evaluate import evaluate_images  # noqa: E402
 from fm_edge.images import grid, png_bytes  # noqa: E402
 from fm_edge.model import read_fm_config  # noqa: E402
+from fm_edge.sampler_spec import SamplerSpec  # noqa: E402
 
 
 def log(*a):
@@ -85,16 +86,15 @@ def main():
     for steps in (4, 8, 32):
         if f"euler{steps}" in bars:
             continue
-        imgs = generate(ob, labels, steps, "euler", sampler["cfg_scale"], sampler["shift"], seed=0)
+        spec = SamplerSpec("euler", steps, sampler["cfg_scale"], sampler["shift"])
+        imgs = generate(ob, labels, spec, seed=0)
         bars[f"euler{steps}"] = evaluate_images(imgs, labels)
         log("bar", steps, {k: bars[f"euler{steps}"][k] for k in ("fd", "fd_floor", "label_accuracy")})
         bars_file.write_text(json.dumps(bars, indent=1))
 
     # 5. grid, config, card
     lab = np.repeat(np.arange(10), 10)
-    imgs = generate(
-        ob, lab, sampler["steps"], sampler["solver"], sampler["cfg_scale"], sampler["shift"], seed=0
-    )
+    imgs = generate(ob, lab, SamplerSpec.from_dict(sampler), seed=0)
     (SHIPPED / "samples.png").write_bytes(png_bytes(grid(imgs, nrow=10, scale=2)))
     e4, e32 = bars["euler4"], bars["euler32"]
     fm["training"]["data"] = "ylecun/mnist (local copy in the hub layout)"

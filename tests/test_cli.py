@@ -6,6 +6,7 @@ import sys
 import numpy as np
 
 from fm_edge.cli import COMMANDS, main
+from fm_edge.sampler_spec import SamplerSpec
 
 
 def test_help_does_not_import_heavy_modules():
@@ -76,7 +77,9 @@ def test_reference_distance_shrinks_with_steps(tiny_ckpt):
     b = torch_backend(tiny_ckpt)
     labels = default_labels(4)
     d = [
-        distance_to_reference(b, generate(b, labels, n, "euler", 1.5, raw=True), labels, 1.5, 0)["rms"]
+        distance_to_reference(b, generate(b, labels, SamplerSpec("euler", n, 1.5), raw=True), labels, 1.5, 0)[
+            "rms"
+        ]
         for n in (1, 4, 16)
     ]
     assert d[0] > d[1] > d[2]

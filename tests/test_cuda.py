@@ -9,6 +9,7 @@ import torch
 from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.cli import main
 from fm_edge.convention import default_labels
+from fm_edge.sampler_spec import SamplerSpec
 
 cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"
@@ -24,8 +25,9 @@ def test_graphed_solve_equals_eager_and_is_reused(tiny_ckpt):
     labels = default_labels(16)
     for seed in (0, 1):  # the second batch replays the graph captured for the first
         noise = make_noise(16, seed)
-        a = generate(graphed, labels, 4, "euler", 1.5, 2.0, noise=noise, raw=True)
-        b = generate(eager, labels, 4, "euler", 1.5, 2.0, noise=noise, raw=True)
+        spec = SamplerSpec("euler", 4, 1.5, 2.0)
+        a = generate(graphed, labels, spec, noise=noise, raw=True)
+        b = generate(eager, labels, spec, noise=noise, raw=True)
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert len(graphed.solve) == 1
 
@@ -33,9 +35,10 @@ def test_graphed_solve_equals_eager_and_is_reused(tiny_ckpt):
 @cuda
 def test_cuda_matches_cpu_and_bf16_is_close(tiny_ckpt):
     noise, labels = make_noise(8, 0), default_labels(8)
-    cpu = generate(torch_backend(tiny_ckpt, device="cpu"), labels, 4, "heun", 1.5, noise=noise)
-    gpu = generate(torch_backend(tiny_ckpt, device="cuda"), labels, 4, "heun", 1.5, noise=noise)
-    bf16 = generate(torch_backend(tiny_ckpt, device="cuda", bf16=True), labels, 4, "heun", 1.5, noise=noise)
+    spec = SamplerSpec("heun", 4, 1.5)
+    cpu = generate(torch_backend(tiny_ckpt, device="cpu"), labels, spec, noise=noise)
+    gpu = generate(torch_backend(tiny_ckpt, device="cuda"), labels, spec, noise=noise)
+    bf16 = generate(torch_backend(tiny_ckpt, device="cuda", bf16=True), labels, spec, noise=noise)
     assert np.abs(cpu.astype(int) - gpu.astype(int)).max() <= 1
     assert np.abs(cpu.astype(int) - bf16.astype(int)).mean() < 2.0
 

@@ -54,7 +54,7 @@ def make_int8(fp32_path: Path, out_path: Path, num_noises: int = 11) -> None:
     from fm_edge.runtime import OnnxVelocity
 
     v = OnnxVelocity(fp32_path, num_threads=1)
-    rec = {"shift": 1.0, **v.recommended_sampler()}
+    rec = v.sampler.to_dict()
     try:
         from fm_edge.quantize.calibrate import collect
         from fm_edge.quantize.ort_int8 import quantize_velocity

@@ -12,9 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from fm_edge.artifacts import FM_CONFIG, SHIPPED, recommended_sampler  # noqa: E402
+from fm_edge.artifacts import FM_CONFIG, SHIPPED  # noqa: E402
 from fm_edge.backends import generate, make_noise, torch_backend  # noqa: E402
 from fm_edge.diffusers_pipeline import FmEdgePipeline, set_fm_edge_grid  # noqa: E402
+from fm_edge.sampler_spec import SamplerSpec  # noqa: E402
 from fm_edge.solvers import time_grid  # noqa: E402
 
 LABELS = np.array([0, 3, 7, 10])
@@ -78,12 +79,13 @@ def test_matches_fm_edge_euler(pipe, euler_ckpt, shift, cfg):
     kw = dict(num_inference_steps=3, guidance_scale=cfg, latents=torch.from_numpy(noise))
     got = pipe(LABELS, output_type="latent", **kw).images
     backend = torch_backend(euler_ckpt)
-    want = generate(backend, LABELS, 3, "euler", cfg, shift, noise=noise, raw=True)
+    spec = SamplerSpec("euler", 3, cfg, shift)
+    want = generate(backend, LABELS, spec, noise=noise, raw=True)
     assert got.shape == (4, 1, 32, 32) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
     u8 = as_uint8(pipe(LABELS, **kw).images)
     assert u8.shape == (4, 28, 28) and u8.dtype == np.uint8
-    assert np.abs(u8.astype(int) - generate(backend, LABELS, 3, "euler", cfg, shift, noise=noise)).max() <= 1
+    assert np.abs(u8.astype(int) - generate(backend, LABELS, spec, noise=noise)).max() <= 1
     np_out = pipe(LABELS, output_type="np", **kw).images
     assert np_out.shape == (4, 28, 28, 1) and np_out.min() >= 0 and np_out.max() <= 1
     assert np.abs(np.rint(np_out[..., 0] * 255) - u8).max() <= 1
@@ -96,7 +98,11 @@ def test_defaults_come_from_fm_edge_json(euler_ckpt):
     noise = torch.from_numpy(make_noise(2, seed=2))
     default = fresh([4, 9], latents=noise, output_type="latent").images
     want = generate(
-        torch_backend(euler_ckpt), np.array([4, 9]), 3, "euler", 1.5, 2.0, noise=noise.numpy(), raw=True
+        torch_backend(euler_ckpt),
+        np.array([4, 9]),
+        SamplerSpec("euler", 3, 1.5, 2.0),
+        noise=noise.numpy(),
+        raw=True,
     )
     np.testing.assert_allclose(default.numpy(), want, atol=1e-5, rtol=0)
 
@@ -166,7 +172,11 @@ def test_distilled_guidance_one_pass_per_step(tiny_ckpt, tmp_path):
     batches, got = count_unet_calls(pipe, class_labels=[1, 2, 10], latents=noise)
     assert batches == [3, 3]  # no doubled batch
     want = generate(
-        torch_backend(folder), np.array([1, 2, 10]), 2, "euler", 1.0, 1.0, noise=noise.numpy(), raw=True
+        torch_backend(folder),
+        np.array([1, 2, 10]),
+        SamplerSpec("euler", 2, 1.0),
+        noise=noise.numpy(),
+        raw=True,
     )
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
     batches, same = count_unet_calls(pipe, class_labels=[1, 2, 10], latents=noise, guidance_scale=2.0)
@@ -176,7 +186,7 @@ def test_distilled_guidance_one_pass_per_step(tiny_ckpt, tmp_path):
         with pytest.raises(ValueError, match="guidance_scale"):
             pipe([1], guidance_scale=bad)
     pipe.save_pretrained(tmp_path / "pipe")  # the flag survives save/load
-    assert load(tmp_path / "pipe").config.sampler == recommended_sampler(sampler)
+    assert load(tmp_path / "pipe").config.sampler == SamplerSpec.from_dict(sampler).to_dict()
 
 
 @pytest.mark.parametrize(
@@ -231,9 +241,7 @@ def test_shipped_checkpoint_matches_fm_edge_sample():
     labels = np.arange(20) % 10
     noise = make_noise(len(labels), seed=0)
     got = as_uint8(pipe(labels, latents=torch.from_numpy(noise)).images)
-    want = generate(
-        torch_backend(SHIPPED), labels, rec["steps"], "euler", rec["cfg_scale"], rec["shift"], noise=noise
-    )
+    want = generate(torch_backend(SHIPPED), labels, SamplerSpec.from_dict(rec), noise=noise)
     assert np.abs(got.astype(int) - want).max() <= 1
 
 

@@ -13,6 +13,7 @@ import torch
 from fm_edge.artifacts import FM_CONFIG, onnx_metadata, weights_hash
 from fm_edge.distill import DistillConfig, distill
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.sampler_spec import SamplerSpec
 
 
 def cfg(tmp_path, teacher, **kw):
@@ -71,8 +72,7 @@ def test_student_samples_with_one_unet_call_of_batch_size_rows(student):
     backend = torch_backend(student, num_threads=1)
     rows = []
     backend.info["module"].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
-    s = backend.sampler
-    images = generate(backend, np.arange(5) % 10, s["steps"], s["solver"], s["cfg_scale"], s["shift"])
+    images = generate(backend, np.arange(5) % 10, backend.sampler)
     assert images.shape == (5, 28, 28) and images.dtype == np.uint8
     assert rows == [5]  # one call, no doubled CFG batch: 1 network evaluation per image
 
@@ -83,7 +83,7 @@ def test_pairs_are_the_teachers_guided_samples(student, tiny_ckpt):
     with np.load(student.parent / "pairs" / "chunk-00000.npz") as z:
         x1, labels, x0 = z["x1"], z["labels"], z["x0"]
     assert set(labels.tolist()) <= set(range(11)) and len(labels) == 24
-    ref = generate(torch_backend(tiny_ckpt), labels[:4], 3, "heun", 1.5, noise=x1[:4], raw=True)
+    ref = generate(torch_backend(tiny_ckpt), labels[:4], SamplerSpec("heun", 3, 1.5), noise=x1[:4], raw=True)
     np.testing.assert_allclose(x0[:4], ref, atol=1e-5)
 
 
@@ -210,7 +210,7 @@ def test_exported_student_runs_one_network_evaluation_and_matches_python(student
     noise, labels = make_noise(12, 3), np.arange(12) % 11
     sampler = OnnxSampler(paths["sampler"], num_threads=1)
     out = sampler(noise, labels)
-    ref = generate(torch_backend(student), labels, 1, "euler", 1.0, noise=noise)
+    ref = generate(torch_backend(student), labels, SamplerSpec("euler", 1, 1.0), noise=noise)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
     np.testing.assert_array_equal(sampler(noise, labels, 7.0), out)  # cfg_scale is ignored
 
@@ -303,9 +303,8 @@ def test_two_step_student_runs_two_unet_calls(tiny_ckpt, tmp_path):
 
     folder = distill(cfg(tmp_path, tiny_ckpt, student_steps=2, max_steps=2), progress=False)
     backend = torch_backend(folder, num_threads=1)
-    assert backend.sampler["steps"] == 2 and backend.sampler["cfg_scale"] == 1.0
+    assert backend.sampler.steps == 2 and backend.sampler.cfg_scale == 1.0
     rows = []
     backend.info["module"].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
-    s = backend.sampler
-    generate(backend, np.arange(3), s["steps"], s["solver"], s["cfg_scale"], s["shift"])
+    generate(backend, np.arange(3), backend.sampler)
     assert rows == [3, 3]

@@ -20,6 +20,7 @@ from fm_edge.export.command import export
 from fm_edge.export.sampler_graph import build_sampler
 from fm_edge.model import load
 from fm_edge.runtime import OnnxSampler, OnnxVelocity
+from fm_edge.sampler_spec import SamplerSpec
 
 SOLVER_STEPS = [("euler", 4), ("midpoint", 3), ("heun", 3), ("rk4", 2)]
 
@@ -99,9 +100,8 @@ def test_sampler_matches_python_sampler(tiny_onnx, tmp_path, solver, steps):
     path = tmp_path / f"sampler_{solver}.onnx"
     onnx.save(build_sampler(onnx.load(velocity), solver, steps, shift=1.0), path)
     for cfg in (1.0, 2.5):
-        checks = V.validate_sampler(
-            path, velocity, solver, steps, 1.0, cfg, batch_sizes=(1, 13), num_threads=1
-        )
+        spec = SamplerSpec(solver, steps, cfg, 1.0)
+        checks = V.validate_sampler(path, velocity, spec, batch_sizes=(1, 13), num_threads=1)
         assert all(c.ok for c in checks), [c.line() for c in checks]
     size = V.check_size(path, velocity)
     assert size.ok and size.value <= 1.2, size.line()

@@ -18,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from fm_edge.backends import Backend, generate
 from fm_edge.errors import UsageError
 from fm_edge.runtime import OnnxSampler, OnnxVelocity
+from fm_edge.sampler_spec import SamplerSpec
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -153,8 +154,10 @@ def test_velocity_refuses_every_broken_input(velocity, call):
 
 def _generate(velocity, call):
     scale = 1.0 if call["scale"] is None else call["scale"]
-    backend = Backend("onnx", velocity, {})
-    return generate(backend, call["labels"], call["steps"], call["solver"], scale, noise=call["x"])
+    backend = Backend("onnx", velocity, SamplerSpec())
+    return generate(
+        backend, call["labels"], SamplerSpec(call["solver"], call["steps"], scale), noise=call["x"]
+    )
 
 
 @FUZZ

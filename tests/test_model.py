@@ -8,6 +8,7 @@ from fm_edge.backends import generate, torch_backend
 from fm_edge.convention import decode_uint8, default_labels, encode_uint8
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.model import PRESETS, build, load, velocity_fn
+from fm_edge.sampler_spec import SamplerSpec
 
 
 def test_encode_decode_round_trip():
@@ -64,13 +65,14 @@ def test_save_load_round_trip_and_determinism(tiny_ckpt, tmp_path):
 
 def test_generate_is_deterministic_and_uses_the_recommended_sampler(tiny_ckpt):
     b = torch_backend(tiny_ckpt)
-    assert b.sampler == {"solver": "heun", "steps": 3, "cfg_scale": 1.5, "shift": 1.0}
+    assert b.sampler == SamplerSpec("heun", 3, 1.5, 1.0)
     labels = default_labels(6)
-    a = generate(b, labels, 2, "euler", 2.0, seed=3)
-    c = generate(b, labels, 2, "euler", 2.0, seed=3, batch_size=4)  # batching does not change results
+    spec = SamplerSpec("euler", 2, 2.0)
+    a = generate(b, labels, spec, seed=3)
+    c = generate(b, labels, spec, seed=3, batch_size=4)  # batching does not change results
     assert a.shape == (6, 28, 28) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, c)
-    assert not np.array_equal(a, generate(b, labels, 2, "euler", 2.0, seed=4))
+    assert not np.array_equal(a, generate(b, labels, spec, seed=4))
 
 
 def test_missing_and_corrupt_checkpoints(tiny_ckpt, tmp_path):

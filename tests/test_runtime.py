@@ -18,6 +18,7 @@ from fm_edge.cli import main
 from fm_edge.convention import decode_uint8, default_labels
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.runtime import OnnxSampler, OnnxVelocity
+from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,14 +40,15 @@ def test_velocity_scales_t_and_broadcasts(tiny_onnx):
     raw = v.session.run(None, {"sample": x, "timestep": np.full(3, 300.0, np.float32), "class_labels": y})[0]
     np.testing.assert_array_equal(v(x, 0.3, y), raw)
     np.testing.assert_array_equal(v(x, np.full(3, 0.3, np.float32), y), raw)
-    assert v.recommended_sampler() == {"solver": "heun", "steps": 3, "cfg_scale": 1.5, "shift": 1.0}
+    assert v.sampler == SamplerSpec("heun", 3, 1.5, 1.0)
     assert v.metadata["preset"] == "tiny" and v.providers == ["CPUExecutionProvider"]
 
 
 def test_onnx_backend_matches_torch_backend(tiny_onnx, tiny_ckpt):
     labels = default_labels(6)
-    a = generate(torch_backend(tiny_ckpt, num_threads=1), labels, 3, "heun", 1.5, raw=True)
-    b = generate(onnx_backend(tiny_onnx / "velocity.onnx", num_threads=1), labels, 3, "heun", 1.5, raw=True)
+    spec = SamplerSpec("heun", 3, 1.5)
+    a = generate(torch_backend(tiny_ckpt, num_threads=1), labels, spec, raw=True)
+    b = generate(onnx_backend(tiny_onnx / "velocity.onnx", num_threads=1), labels, spec, raw=True)
     assert np.abs(a - b).max() < 1e-4
 
 

@@ -8,6 +8,7 @@ import pytest
 from fm_edge.artifacts import SHIPPED, weights_hash
 from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.runtime import OnnxSampler
+from fm_edge.sampler_spec import SamplerSpec
 
 STUDENT = SHIPPED.parent / "compact-mnist-student"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +32,7 @@ def test_student_sampler_files_make_a_digit_in_one_evaluation(name):
     assert meta["checkpoint_sha256"] == weights_hash(STUDENT)
     noise, labels = make_noise(20, 3), np.arange(20) % 10
     onnx_digits = s(noise, labels)
-    torch_digits = generate(torch_backend(STUDENT), labels, 1, "euler", 1.0, noise=noise)
+    torch_digits = generate(torch_backend(STUDENT), labels, SamplerSpec("euler", 1, 1.0), noise=noise)
     limit = 1 if name == "sampler.onnx" else 64  # int8 rounds its activations: close, not equal
     assert np.abs(onnx_digits.astype(int) - torch_digits.astype(int)).max() <= limit
     assert np.abs(onnx_digits.astype(int) - torch_digits.astype(int)).mean() < (0.01 if limit == 1 else 2.0)
@@ -45,5 +46,5 @@ def test_student_through_the_diffusers_pipeline():
     pipe = FmEdgePipeline.from_pretrained(STUDENT)
     noise, labels = make_noise(10, 0), list(range(10))
     out = pipe(class_labels=labels, latents=torch.from_numpy(noise), output_type="np").images
-    ours = generate(torch_backend(STUDENT), np.array(labels), 1, "euler", 1.0, noise=noise)
+    ours = generate(torch_backend(STUDENT), np.array(labels), SamplerSpec("euler", 1, 1.0), noise=noise)
     assert np.abs(np.rint(np.asarray(out)[..., 0] * 255).astype(int) - ours.astype(int)).max() <= 1

@@ -23,7 +23,7 @@ from fm_edge.demo.compare import compare, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, field_errors, parse  # noqa: E402
 from fm_edge.demo.models import NAMES, DemoModels, load_models  # noqa: E402
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
-from fm_edge.solvers import MAX_CFG, SOLVERS, network_evals, nfe  # noqa: E402
+from fm_edge.solvers import MAX_CFG, SOLVERS, nfe  # noqa: E402
 
 API_NAME = "generate"
 QUEUE_SIZE = 32  # requests waiting beyond this get "queue full" at once instead of an ever longer wait
@@ -63,10 +63,10 @@ def _stats_markdown(models: DemoModels, result, req, heat_top: int) -> str:
     )
     if models.student is not None:
         s = models.student.sampler
+        evals = _evals(models, models.student.name, req)
         lines.append(
-            f"\n**{models.student.name}**: {s['steps']} {s['solver']} step(s), "
-            f"{_evals(models, models.student.name, req)} network evaluation(s) per digit, guidance "
-            f"{s.get('distilled_cfg_scale')} distilled into its weights (the controls above do not apply to it)"
+            f"\n**{models.student.name}**: {s.describe()}, {evals} network evaluation{'s' if evals != 1 else ''} "
+            "per digit (the controls above do not apply to it)"
         )
     if models.reference_note:
         lines.append(f"\n_{models.reference_note}_")
@@ -103,11 +103,8 @@ def _metrics(models: DemoModels, result, req, heat_top: int) -> dict:
 def _evals(models: DemoModels, name: str, req) -> int:
     """Network evaluations per digit: the student's are its own; CFG doubles everyone else's."""
     if models.student is not None and name == models.student.name:
-        s = models.student.sampler
-        return network_evals(s["solver"], s["steps"], doubled=False)
-    return network_evals(
-        req.solver, req.steps, doubled=req.cfg_scale != 1.0
-    )  # the Python loop skips CFG at 1
+        return models.student.sampler.network_evals()
+    return req.spec.network_evals()  # the Python loop skips CFG at 1
 
 
 def validate_request(digit, num_samples, steps, solver, cfg_scale, seed, randomize):
@@ -123,7 +120,7 @@ def make_handler(models: DemoModels):
 
     def generate(digit, num_samples, steps, solver, cfg_scale, seed, randomize, progress=gr.Progress()):
         try:
-            shift = models.sampler.get("shift", 1.0)
+            shift = models.sampler.shift
             req = parse(digit, num_samples, steps, solver, cfg_scale, seed, randomize, shift)
             if models.reference is not None and not models.reference.ready:
                 progress(0, desc="loading the PyTorch reference (first request only)")
@@ -131,10 +128,7 @@ def make_handler(models: DemoModels):
             result = compare(
                 backends,
                 req.labels,
-                req.steps,
-                req.solver,
-                req.cfg_scale,
-                req.shift,
+                req.spec,
                 req.seed,
                 progress=lambda done, total, name: progress((done, total), desc=f"sampling: {name}"),
                 own_sampler=[models.student] if models.student is not None else [],
@@ -210,12 +204,10 @@ def build_demo(
                 # where a slider starting at 1 would silently clamp it
                 num = gr.Slider(0, MAX_SAMPLES, value=16, step=1, label="number of samples", elem_id="num")
                 steps = gr.Slider(
-                    0, MAX_STEPS, value=min(max(int(rec["steps"]), 1), MAX_STEPS), step=1, label="ODE steps"
+                    0, MAX_STEPS, value=min(max(rec.steps, 1), MAX_STEPS), step=1, label="ODE steps"
                 )
-                solver = gr.Dropdown(list(SOLVERS), value=rec["solver"], label="solver")
-                cfg = gr.Slider(
-                    0.0, MAX_CFG, value=float(rec["cfg_scale"]), step=0.1, label="CFG scale (1 = off)"
-                )
+                solver = gr.Dropdown(list(SOLVERS), value=rec.solver, label="solver")
+                cfg = gr.Slider(0.0, MAX_CFG, value=rec.cfg_scale, step=0.1, label="CFG scale (1 = off)")
                 with gr.Row():
                     seed = gr.Number(value=0, label="seed", minimum=0, maximum=MAX_SEED, elem_id="seed")
                     randomize = gr.Checkbox(value=False, label="randomize", elem_id="randomize")

@@ -18,7 +18,8 @@ import numpy as np
 from fm_edge.backends import Backend, generate, make_noise
 from fm_edge.images import grid
 from fm_edge.metrics import diff_stats
-from fm_edge.solvers import nfe, sample
+from fm_edge.sampler_spec import SamplerSpec
+from fm_edge.solvers import sample
 
 #: grids are upscaled by a whole factor so that they are about this wide (px), 1x to 8x
 TARGET_WIDTH = 400
@@ -58,26 +59,19 @@ def run_backend(
     backend: Backend,
     noise: np.ndarray,
     labels: np.ndarray,
-    steps: int,
-    solver: str,
-    cfg_scale: float,
-    shift: float = 1.0,
+    spec: SamplerSpec,
     callback: Callable[[int, int], None] | None = None,
 ) -> Run:
     """Sample the digits of one backend from ``noise`` (all at once: at most 64, or 128 rows with CFG)."""
     start = time.perf_counter()
-    images = generate(backend, labels, steps, solver, cfg_scale, shift, noise=noise, batch_size=len(noise),
-                      callback=callback)  # fmt: skip
+    images = generate(backend, labels, spec, noise=noise, batch_size=len(noise), callback=callback)
     return Run(backend.name, images, time.perf_counter() - start)
 
 
 def compare(
     backends: list[Backend],
     labels: np.ndarray,
-    steps: int,
-    solver: str,
-    cfg_scale: float,
-    shift: float,
+    spec: SamplerSpec,
     seed: int,
     progress: Callable[[int, int, str], None] | None = None,
     own_sampler: list[Backend] = (),
@@ -89,9 +83,9 @@ def compare(
     name)`` is called after each ODE step of each backend.
     """
     noise = make_noise(len(labels), seed)
-    total = steps * len(backends)
+    total = spec.steps * len(backends)
     runs: dict[str, Run] = {}
-    warm = [(b, cfg_scale) for b in backends] + [(b, b.sampler["cfg_scale"]) for b in own_sampler]
+    warm = [(b, spec.cfg_scale) for b in backends] + [(b, b.sampler.cfg_scale) for b in own_sampler]
     for b, cfg in warm:  # one untimed call at this batch size, so no timing includes a cold start
         sample(
             b.velocity, b.to_native(noise), b.to_native(np.asarray(labels, dtype=np.int64)), 1, "euler", cfg
@@ -99,12 +93,11 @@ def compare(
     for i, b in enumerate(backends):
         cb = None
         if progress is not None:
-            cb = lambda step, _steps, i=i, name=b.name: progress(i * steps + step, total, name)
-        runs[b.name] = run_backend(b, noise, labels, steps, solver, cfg_scale, shift, callback=cb)
+            cb = lambda step, _steps, i=i, name=b.name: progress(i * spec.steps + step, total, name)
+        runs[b.name] = run_backend(b, noise, labels, spec, callback=cb)
     for b in own_sampler:
-        s = b.sampler
-        runs[b.name] = run_backend(b, noise, labels, s["steps"], s["solver"], s["cfg_scale"], s["shift"])
-    out = Comparison(runs, nfe(solver, steps), seed)
+        runs[b.name] = run_backend(b, noise, labels, b.sampler)
+    out = Comparison(runs, spec.nfe, seed)
     first = backends[0].name
     for b in backends[1:]:
         out.stats[f"{b.name} vs {first}"] = diff_stats(runs[first].images, runs[b.name].images)

@@ -14,6 +14,7 @@ import numpy as np
 
 from fm_edge.convention import NUM_CLASSES, default_labels
 from fm_edge.errors import UsageError
+from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import MAX_CFG, SOLVERS
 
 MAX_SAMPLES = 64
@@ -36,6 +37,10 @@ class Request:
     @property
     def num_samples(self) -> int:
         return len(self.labels)
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return SamplerSpec(self.solver, self.steps, self.cfg_scale, self.shift)
 
 
 def _shown(value, limit: int = 40) -> str:

@@ -119,7 +119,7 @@ def _onnx_backend(path: Path, name: str, num_threads: int | None, device: str = 
     return Backend(
         name=name,
         velocity=v,
-        sampler=v.recommended_sampler(),
+        sampler=v.sampler,
         info={"model": str(path)},
     )
 
@@ -163,7 +163,7 @@ def _student(folder: Path, student, num_threads, device) -> Backend | None:
     if not (path / FP32_FILE).is_file():  # the shipped student is optional (a given one: load_models)
         return None
     b = _onnx_backend(path / FP32_FILE, NAMES["student"], num_threads, device)
-    if b.sampler.get("guidance") != "distilled":
+    if not b.sampler.distilled:
         raise UsageError(
             f"--student {str(path)!r} is not a distilled model (its sampler has no guidance 'distilled'): "
             "fm-edge distill makes one"

@@ -36,10 +36,10 @@ def export(
     ``solver``/``steps`` default to the checkpoint's recommended sampler (fm_edge.json), as do the time
     shift and the CFG scale recorded in sampler.onnx.
     """
-    from fm_edge.export.metadata import check_convention, recommended_sampler
+    from fm_edge.export.metadata import check_convention
     from fm_edge.export.velocity import check_opset
     from fm_edge.model import read_fm_config, resolve
-    from fm_edge.solvers import check_solver
+    from fm_edge.sampler_spec import checkpoint_spec
 
     log = log or sys.stderr
     # 1. arguments and output folder, before anything heavy
@@ -47,15 +47,11 @@ def export(
     ckpt = resolve(checkpoint)
     fm = read_fm_config(ckpt)
     check_convention(ckpt, fm)
-    rec = recommended_sampler(fm)
-    solver = rec["solver"] if solver is None else solver
-    steps = rec["steps"] if steps is None else steps
-    shift, cfg_scale = float(rec.get("shift", 1.0)), float(rec["cfg_scale"])
-    check_solver(solver, steps)
+    spec = checkpoint_spec(fm).override(steps=steps, solver=solver)
     out, created = prepare_output_dir(output_dir)
     paths = {"velocity": out / VELOCITY_FILE, "sampler": out / SAMPLER_FILE}
     try:
-        _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_threads, log)
+        _export(ckpt, fm, paths, opset, spec, seed, num_threads, log)
     except BaseException:
         if created:  # leave nothing behind, not even the empty folder this run made
             with contextlib.suppress(OSError):
@@ -64,7 +60,7 @@ def export(
     return paths
 
 
-def _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_threads, log) -> None:
+def _export(ckpt, fm, paths, opset, spec, seed, num_threads, log) -> None:
     import onnx
     import torch
 
@@ -74,14 +70,14 @@ def _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_t
     from fm_edge.export.validate import check_size, report, require, validate_sampler, validate_velocity
     from fm_edge.export.velocity import export_velocity
     from fm_edge.model import load
-    from fm_edge.solvers import nfe
 
     if num_threads:
         torch.set_num_threads(num_threads)
     model, _ = load(ckpt)
     print(f"exporting {ckpt} (opset {opset}, TorchScript exporter)", file=log)
     velocity = export_velocity(model, opset, velocity_metadata(ckpt, fm))
-    sampler = build_sampler(velocity, solver, steps, shift, sampler_metadata(ckpt, fm, solver, steps, shift))
+    meta = sampler_metadata(ckpt, fm, spec)
+    sampler = build_sampler(velocity, spec.solver, spec.steps, spec.shift, meta)
     try:
         with atomic_file(paths["velocity"]) as vtmp, atomic_file(paths["sampler"]) as stmp:
             # 2. velocity.onnx against PyTorch
@@ -91,13 +87,10 @@ def _export(ckpt, fm, paths, opset, solver, steps, shift, cfg_scale, seed, num_t
             require(VELOCITY_FILE, checks)
             # 3. sampler.onnx against the Python sampler over the ORT velocity model
             onnx.save(sampler, stmp)
-            checks = validate_sampler(
-                stmp, vtmp, solver, steps, shift, cfg_scale, seed=seed, num_threads=num_threads
-            )
+            checks = validate_sampler(stmp, vtmp, spec, seed=seed, num_threads=num_threads)
             checks.append(check_size(stmp, vtmp))
             report(
-                f"validating {SAMPLER_FILE} ({solver} x {steps} steps, NFE {nfe(solver, steps)}) "
-                "against the Python sampler:",
+                f"validating {SAMPLER_FILE} ({spec.describe()}) against the Python sampler:",
                 checks,
                 log,
             )

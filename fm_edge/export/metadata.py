@@ -21,11 +21,7 @@ from pathlib import Path
 from fm_edge import __version__, artifacts
 from fm_edge.convention import CONVENTION
 from fm_edge.errors import FmEdgeError
-
-
-def recommended_sampler(fm: dict) -> dict:
-    """The checkpoint's recommended few-step sampler, filled in with the package default."""
-    return artifacts.recommended_sampler(fm.get("sampler"))
+from fm_edge.sampler_spec import checkpoint_spec
 
 
 def check_convention(checkpoint: Path, fm: dict) -> None:
@@ -54,39 +50,26 @@ def velocity_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
         "model": "velocity",
         "inputs": "sample float32 [B,1,32,32]; timestep float32 [B] = t * t_scale; class_labels int64 [B]",
         "outputs": "velocity float32 [B,1,32,32] = d x_t / dt",
-        "recommended_sampler": json.dumps(recommended_sampler(fm), sort_keys=True),
+        "recommended_sampler": json.dumps(checkpoint_spec(fm).to_dict(), sort_keys=True),
     }
 
 
-def sampler_metadata(checkpoint: Path, fm: dict, solver: str, steps: int, shift: float) -> dict[str, str]:
-    from fm_edge.solvers import network_evals, nfe
-
-    rec = recommended_sampler(fm)
-    distilled = rec.get("guidance") == "distilled"
-    scale = (
-        f"cfg_scale float32 scalar (ignored: guidance {float(rec.get('distilled_cfg_scale', 0)):g} is distilled "
-        "into the weights)"
-        if distilled
-        else "cfg_scale float32 scalar (1 = no guidance)"
-    )
-    meta = {
+def sampler_metadata(checkpoint: Path, fm: dict, spec) -> dict[str, str]:
+    """What a sampler.onnx running ``spec`` (a :class:`~fm_edge.sampler_spec.SamplerSpec`) records."""
+    if spec.distilled:
+        scale = (
+            f"cfg_scale float32 scalar (ignored: guidance {spec.distilled_cfg_scale:g} is distilled into the "
+            "weights)"
+        )
+    else:
+        scale = "cfg_scale float32 scalar (1 = no guidance)"
+    return {
         **common_metadata(checkpoint, fm),
         "model": "sampler",
         "inputs": f"noise float32 [B,1,32,32] ~ N(0,I); class_labels int64 [B] (0-9, 10 = unconditional); {scale}",
         "outputs": "images uint8 [B,28,28]",
-        "solver": solver,
-        "steps": str(steps),
-        "shift": str(float(shift)),
-        "nfe": str(nfe(solver, steps)),
-        "guidance": "distilled" if distilled else "cfg",
-        # the graph doubles every call for CFG whatever cfg_scale it is given (the scale is an input)
-        "network_evals_per_image": str(network_evals(solver, steps, doubled=not distilled)),
-        "cfg_scale": str(float(rec["cfg_scale"])),
-        "recommended_sampler": json.dumps(dict(rec, solver=solver, steps=steps, shift=shift), sort_keys=True),
+        **spec.sampler_metadata(),
     }
-    if distilled:
-        meta["distilled_cfg_scale"] = str(float(rec.get("distilled_cfg_scale", 0.0)))
-    return meta
 
 
 def set_metadata(model, metadata: dict[str, str]) -> None:

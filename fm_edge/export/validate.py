@@ -88,15 +88,13 @@ def validate_velocity(
 def validate_sampler(
     sampler_path: str | Path,
     velocity_path: str | Path,
-    solver: str,
-    steps: int,
-    shift: float,
-    cfg_scale: float,
+    spec,
     batch_sizes=BATCH_SIZES,
     seed: int = 0,
     num_threads: int | None = None,
 ) -> list[Check]:
-    """sampler.onnx against the Python solver loop over the ORT velocity model, on the same noise."""
+    """sampler.onnx against the Python solver loop over the ORT velocity model, on the same noise, both
+    running the sampler ``spec`` (a :class:`~fm_edge.sampler_spec.SamplerSpec`)."""
     from fm_edge.runtime import OnnxSampler, OnnxVelocity
     from fm_edge.solvers import sample
 
@@ -105,9 +103,11 @@ def validate_sampler(
     checks = []
     for b in batch_sizes:
         noise, _, labels = fixed_inputs(b, seed)
-        ref = decode_uint8(sample(velocity, noise, labels, steps, solver, cfg_scale, shift))
-        out = graph(noise, labels, cfg_scale)
-        name = f"images (batch {b}, {solver} x {steps}, cfg {cfg_scale:g})"
+        ref = decode_uint8(
+            sample(velocity, noise, labels, spec.steps, spec.solver, spec.cfg_scale, spec.shift)
+        )
+        out = graph(noise, labels, spec.cfg_scale)
+        name = f"images (batch {b}, {spec.solver} x {spec.steps}, {spec.guidance_text()})"
         if out.shape != ref.shape or out.dtype != np.uint8:
             checks.append(
                 Check(name, False, np.inf, SAMPLER_LEVELS, f"got {out.dtype} {out.shape}, want {ref.shape}")

@@ -30,10 +30,10 @@ from fm_edge.artifacts import (
     VELOCITY_FILE,
     VELOCITY_INT8,
     onnx_metadata,
-    sampler_settings,
     sha256,
 )
 from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.sampler_spec import SamplerSpec, export_spec
 
 
 @dataclass
@@ -45,12 +45,11 @@ class Tolerance:
     max_accuracy_drop: float = 0.01
 
 
-def int8_images(velocity, noise, labels, s: dict) -> np.ndarray:
+def int8_images(velocity, noise, labels, s: SamplerSpec) -> np.ndarray:
     """uint8 digits from the shared sampling loop over a numpy velocity callable (an ORT model)."""
     from fm_edge.backends import Backend, generate
 
-    return generate(Backend("onnx", velocity, s), labels, s["steps"], s["solver"], s["cfg_scale"], s["shift"],
-                    noise=noise)  # fmt: skip
+    return generate(Backend("onnx", velocity, s), labels, s, noise=noise)
 
 
 def paired_latency(fp32_session, int8_session, batch: int, rounds: int | None = None) -> dict:
@@ -72,7 +71,9 @@ def paired_latency(fp32_session, int8_session, batch: int, rounds: int | None = 
     }
 
 
-def quality_report(fp32_path, int8_path, s: dict, n: int, seed: int, fd: bool, num_threads=None) -> dict:
+def quality_report(
+    fp32_path, int8_path, s: SamplerSpec, n: int, seed: int, fd: bool, num_threads=None
+) -> dict:
     """PSNR of final images (same noise), output/per-layer SQNR, and optionally FD / label accuracy."""
     from fm_edge.backends import make_noise
     from fm_edge.metrics import psnr_db
@@ -86,9 +87,7 @@ def quality_report(fp32_path, int8_path, s: dict, n: int, seed: int, fd: bool, n
     img32 = int8_images(v32, noise, labels, s)
     img8 = int8_images(v8, noise, labels, s)
     ps = psnr_db(img32, img8)
-    held = calibrate.collect(
-        v32, calibrate.MIN_NOISES, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed
-    )
+    held = calibrate.collect(v32, calibrate.MIN_NOISES, s.solver, s.steps, s.cfg_scale, s.shift, seed)
     layers = sqnr.layer_sqnr(fp32_path, int8_path, held.feeds())
     rep = {
         "noise_seed": seed,
@@ -159,7 +158,6 @@ def quantize_export(
     from fm_edge.quantize.ort_int8 import quantize_velocity
     from fm_edge.quantize.recipe import get
     from fm_edge.runtime import OnnxVelocity
-    from fm_edge.solvers import nfe
 
     log = log if log is not None else sys.stderr
     tol = tolerance or Tolerance()
@@ -172,14 +170,14 @@ def quantize_export(
         )
     if quality_samples < 10:
         raise UsageError(f"quality samples must be >= 10, got {quality_samples}")
-    s = sampler_settings(out)
+    s = export_spec(out)
     # 1-2. calibration on the exported sampler's own trajectories
     t0 = time.perf_counter()
     v32 = OnnxVelocity(fp32, num_threads=num_threads)
-    traj = calibrate.collect(v32, calib_samples, s["solver"], s["steps"], s["cfg_scale"], s["shift"], seed)
+    traj = calibrate.collect(v32, calib_samples, s.solver, s.steps, s.cfg_scale, s.shift, seed)
     print(
-        f"calibration: {calib_samples} noises x {s['solver']} {s['steps']} steps (NFE {nfe(s['solver'], s['steps'])}), "
-        f"cfg {s['cfg_scale']:g} -> {len(traj)} velocity inputs ({time.perf_counter() - t0:.1f} s)",
+        f"calibration: {calib_samples} noises x {s.describe()} -> {len(traj)} velocity inputs "
+        f"({time.perf_counter() - t0:.1f} s)",
         file=log,
     )
     with tempfile.TemporaryDirectory(prefix="fm_edge_int8_") as tmpd:
@@ -198,11 +196,12 @@ def quantize_export(
             smeta.update(
                 {p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))}
             )
-            smeta.update(model="sampler", solver=s["solver"], steps=str(s["steps"]), shift=str(float(s["shift"])),
-                         nfe=str(nfe(s["solver"], s["steps"])), cfg_scale=str(float(s["cfg_scale"])))  # fmt: skip
-            onnx.save(build_sampler(qv, s["solver"], s["steps"], s["shift"], smeta), str(sq))
-            checks = validate_sampler(sq, vq, s["solver"], s["steps"], s["shift"], s["cfg_scale"], seed=seed,
-                                      num_threads=num_threads)  # fmt: skip
+            baked = s.sampler_metadata()
+            smeta.update(
+                model="sampler", **{k: baked[k] for k in ("solver", "steps", "shift", "nfe", "cfg_scale")}
+            )
+            onnx.save(build_sampler(qv, s.solver, s.steps, s.shift, smeta), str(sq))
+            checks = validate_sampler(sq, vq, s, seed=seed, num_threads=num_threads)
             report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
             require(SAMPLER_INT8, checks)
         summary = {
@@ -217,7 +216,7 @@ def quantize_export(
                 "rows_used": facts["calibration_rows_used"],
                 "labels": sorted(int(v) for v in np.unique(traj.class_labels)),
             },
-            "sampler": s,
+            "sampler": s.to_dict(),
             "excluded_nodes": facts["excluded_nodes"],
             "excluded_count": facts["excluded_count"],
             "int8_fraction": {"weights": facts["weights_int8_fraction"], "macs": facts["macs_int8_fraction"]},

@@ -310,17 +310,17 @@ def sample_backend(model_dir=None, num_threads: int | None = None, recipe_path=N
     """A :class:`fm_edge.sample.Backend` for ``fm-edge sample --backend torchao``."""
     import torch
 
-    from fm_edge.artifacts import recommended_sampler
     from fm_edge.backends import Backend
     from fm_edge.model import read_fm_config, resolve
+    from fm_edge.sampler_spec import checkpoint_spec
 
     path = resolve(model_dir)
-    sampler = recommended_sampler(read_fm_config(path).get("sampler"))
+    sampler = checkpoint_spec(read_fm_config(path))
     if recipe_path is not None:
         v = load_velocity(path, recipe_path, num_threads)
     else:
-        rec = TorchaoRecipe(solver=sampler["solver"], steps=int(sampler["steps"]),
-                            cfg_scale=float(sampler["cfg_scale"]), shift=float(sampler.get("shift", 1.0)))  # fmt: skip
+        rec = TorchaoRecipe(solver=sampler.solver, steps=sampler.steps, cfg_scale=sampler.cfg_scale,
+                            shift=sampler.shift)  # fmt: skip
         v = build_velocity(path, rec, num_threads)
     return Backend(
         name="torchao",
