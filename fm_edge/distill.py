@@ -33,7 +33,6 @@ import numpy as np
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.sampler_spec import SamplerSpec
 
-METHODS = ("progressive", "pairs")
 TEACHER_SOLVERS = ("euler", "heun")
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
@@ -74,7 +73,7 @@ class DistillConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"--lr must be a finite number > 0, got {self.lr}")
-        from fm_edge.train import LR_SCHEDULES
+        from fm_edge.loop import LR_SCHEDULES
 
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(
@@ -261,27 +260,138 @@ def progressive_loss(model, prev, grid, x1, labels):
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
+# --- the methods: the net that learns and what each step trains on ---
+
+
+class Method:
+    """One distillation method. :meth:`prepare` readies what every step needs (cached pairs, a teacher) and
+    records it; :meth:`student` is the net that learns; :meth:`loss` is one step's loss and its row count;
+    :meth:`lr_factor` scales the learning rate per step. A new method subclasses this and joins METHODS."""
+
+    #: the student samples on the teacher's (shifted) time grid; else on the plain grid (shift 1)
+    keeps_teacher_grid = False
+
+    def __init__(
+        self, cfg: DistillConfig, teacher: Path, s: SamplerSpec, device: str, out: Path, resume=None
+    ):
+        self.cfg, self.teacher, self.s, self.device = cfg, teacher, s, device
+        self.out, self.resume = out, resume
+        self.model = self.ema = None  # the student and its EMA, set once they exist
+
+    def prepare(self, record: dict, progress: bool) -> None:
+        """Whatever every step needs, made before the student (and noted in the run's record)."""
+
+    def student(self):
+        from fm_edge.model import load
+
+        model, _ = load(self.teacher, device=self.device)  # the student starts as the teacher
+        return model
+
+    def preset(self, fm: dict) -> str:
+        return fm.get("preset", "unknown")
+
+    def lr_factor(self, step: int) -> float:
+        from fm_edge.loop import lr_factor
+
+        return lr_factor(step, self.cfg.max_steps, 0, self.cfg.lr_schedule)
+
+    def loss(self, step: int, gen) -> tuple:
+        raise NotImplementedError
+
+
+class Pairs(Method):
+    """Rectified-flow distillation: the straight path between noise and the teacher's cached sample."""
+
+    def prepare(self, record: dict, progress: bool) -> None:
+        import torch
+
+        from fm_edge.loop import EpochOrder
+
+        t0 = time.time()
+        arrays = teacher_pairs(self.cfg, self.teacher, self.s, self.device, progress)
+        self.x1, self.y, self.x0 = (torch.from_numpy(a).to(self.device) for a in arrays)
+        record["pairs_seconds"] = round(time.time() - t0, 1)
+        self.order = EpochOrder(len(self.x1), self.cfg.batch_size, self.cfg.seed)
+
+    def loss(self, step: int, gen) -> tuple:
+        idx = self.order.batch(step, self.cfg.batch_size)
+        x1, y, x0 = (a[idx].to(self.device) for a in (self.x1, self.y, self.x0))
+        return self.pair_loss(x1, y, x0, gen), len(idx)
+
+    def pair_loss(self, x1, y, x0, gen):
+        return pairs_loss(self.model, x1, y, x0, gen, self.cfg)
+
+
+class Progressive(Method):
+    """Halve the teacher's Euler steps per round; round r > 0 learns from round r-1's frozen EMA student."""
+
+    keeps_teacher_grid = True
+
+    def prepare(self, record: dict, progress: bool) -> None:
+        from fm_edge.model import load, velocity_fn
+        from fm_edge.solvers import guided
+
+        tmodel, _ = load(self.teacher, device=self.device)
+        self.teacher_v = guided(velocity_fn(tmodel), self.s.cfg_scale)
+        self.n_rounds = rounds_of(self.cfg, self.s)
+        record["rounds"] = [self.s.steps // 2**r for r in range(self.n_rounds + 1)]
+        self.round, self.prev, self.grid = -1, None, None
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule restarts with each round (each round is a new regression problem)."""
+        from fm_edge.loop import lr_factor
+
+        cfg, n = self.cfg, self.n_rounds
+        r = round_at(step, cfg, n)
+        start = round_start(r, cfg, n)
+        end = round_start(r + 1, cfg, n) if r + 1 < n else cfg.max_steps
+        return lr_factor(step - start, end - start, 0, cfg.lr_schedule)
+
+    def loss(self, step: int, gen) -> tuple:
+        import torch
+
+        from fm_edge.solvers import time_grid
+
+        # this round's teacher: the guided teacher, then the previous round's frozen student
+        r = round_at(step, self.cfg, self.n_rounds)
+        if r != self.round:
+            self.prev = self.teacher_v if r == 0 else _round_teacher(
+                self.out, r, step, self.cfg, self.n_rounds, self.model, self.ema, self.device
+            )  # fmt: skip
+            self.round, self.grid = r, time_grid(self.s.steps // 2**r, self.s.shift)
+        b = self.cfg.batch_size
+        x1 = torch.randn((b, 1, 32, 32), generator=gen).to(self.device)
+        y = torch.randint(0, 11, (b,), generator=gen).to(self.device)
+        return progressive_loss(self.model, self.prev, self.grid, x1, y), b
+
+
+#: method name -> its unit (the --method choices, in order)
+METHODS = {"progressive": Progressive, "pairs": Pairs}
+
+
 # --- the run ---
 
 
-def _write_student(out: Path, model, ema, cfg: DistillConfig, state: dict, fm: dict, record: dict) -> Path:
+def _write_student(
+    out: Path, model, ema, cfg: DistillConfig, state: dict, fm: dict, record: dict, method: Method
+) -> Path:
     """OUT/model: save_pretrained with the EMA weights, fm_edge.json (distilled sampler), model card."""
     from fm_edge.model import fm_config, save_inference_folder
 
     ts = SamplerSpec.from_dict(record["teacher_sampler"])
     baked = ts.distilled_cfg_scale if ts.distilled else ts.cfg_scale
-    shift = ts.shift if cfg.method == "progressive" else 1.0  # progressive keeps the teacher's grid
+    shift = ts.shift if method.keeps_teacher_grid else 1.0
     sampler = SamplerSpec("euler", cfg.student_steps, 1.0, shift, distilled_cfg_scale=baked)
     record = dict(
         record, steps=state["step"], images_seen=state["images_seen"],
         seconds=round(state["train_seconds"], 1), final_loss_ema=state.get("loss_ema"),
     )  # fmt: skip
-    config = fm_config(fm.get("preset", "unknown"), sampler=sampler, distillation=record, training=record)
+    config = fm_config(method.preset(fm), sampler=sampler, distillation=record, training=record)
     return save_inference_folder(out, model, ema, config)
 
 
 def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True) -> Path:
-    """Distil ``cfg.teacher`` into a student; returns the student checkpoint folder ``OUT/model``."""
+    """Distill ``cfg.teacher`` into a student; returns the student checkpoint folder ``OUT/model``."""
     cfg.validate()
     teacher, fm, s = teacher_settings(cfg)
     from fm_edge.atomic import prepare_output_dir, remove_leftovers
@@ -292,12 +402,10 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     out, _ = prepare_output_dir(cfg.output_dir)
     import torch
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     from fm_edge.artifacts import weights_hash
-    from fm_edge.model import load, velocity_fn
-    from fm_edge.solvers import guided, time_grid
-    from fm_edge.train import _save_checkpoint, resume_checkpoint
+    from fm_edge.checkpoint import resume_checkpoint
+    from fm_edge.loop import TrainingLoop
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -312,116 +420,43 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         "pairs": cfg.pairs if cfg.method == "pairs" else None,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("teacher", "output_dir")},
     }
-    t_gen = time.time()
-    if cfg.method == "pairs":
-        x1_all, y_all, x0_all = (
-            torch.from_numpy(a).to(device) for a in teacher_pairs(cfg, teacher, s, device, progress)
-        )
-        record["pairs_seconds"] = round(time.time() - t_gen, 1)
-    else:
-        tmodel, _ = load(teacher, device=device)
-        teacher_v = guided(velocity_fn(tmodel), s.cfg_scale)
-        n_rounds = rounds_of(cfg, s)
-        record["rounds"] = [s.steps // 2**r for r in range(n_rounds + 1)]
-
-    model, _ = load(teacher, device=device)  # the student starts as the teacher
+    method = METHODS[cfg.method](cfg, teacher, s, device, out, resume)
+    method.prepare(record, progress)
+    model = method.student()
     model.train()
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    method.model, method.ema = model, ema
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": [], "record": record}
     resumed = resume_checkpoint(out, resume, model, ema, optimizer) if resume else None
     if resumed is not None:
-        old = resumed.get("record", {})
-        for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
-            if old.get(key) != record[key]:
-                raise UsageError(
-                    f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
-                    "use another -o folder"
-                )
+        _check_same_run(out, resumed.get("record", {}), record)
         state = resumed
     ema.to(device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
 
-    step, t_start = state["step"], time.time()
-    loss_ema = state.get("loss_ema")
-    perm, perm_epoch = None, -1
-    prev, prev_round = None, -1
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, desc=f"distill ({cfg.method})",
-               unit="step", file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-    while step < cfg.max_steps:
+    def step_loss(step: int):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        if cfg.method == "pairs":
-            # 1. this step's pairs: a seeded permutation per epoch
-            n = len(x1_all)
-            per_epoch = max(1, n // cfg.batch_size)
-            epoch, within = divmod(step, per_epoch)
-            if epoch != perm_epoch:
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-                perm_epoch = epoch
-            idx = perm[within * cfg.batch_size :][: cfg.batch_size]
-            x1, y, x0 = (a[idx].to(device) for a in (x1_all, y_all, x0_all))
-            with autocast:
-                loss = _loss(model, x1, y, x0, gen, cfg)
-            seen = len(idx)
-        else:
-            # 1. this round's teacher: the guided teacher, then the previous round's frozen student
-            r = round_at(step, cfg, n_rounds)
-            if r != prev_round:
-                prev = (
-                    teacher_v if r == 0 else _round_teacher(out, r, step, cfg, n_rounds, model, ema, device)
-                )
-                prev_round = r
-                grid = time_grid(s.steps // 2**r, s.shift)
-            x1 = torch.randn((cfg.batch_size, 1, 32, 32), generator=gen).to(device)
-            y = torch.randint(0, 11, (cfg.batch_size,), generator=gen).to(device)
-            with autocast:
-                loss = _progressive(model, prev, grid, x1, y)
-            seen = cfg.batch_size
-        # 2. backward, clip, update (learning rate from the schedule), EMA
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg, n_rounds if cfg.method == "progressive" else 1)
-        if not torch.isfinite(loss):
-            raise FmEdgeError(
-                f"loss is {loss.item()} at step {step + 1}: stopping (lower --lr); the last checkpoint is intact"
+        with autocast:
+            return method.loss(step, gen)
+
+    loop = TrainingLoop(
+        out, model, ema, optimizer, total=cfg.max_steps, lr=cfg.lr, lr_factor=method.lr_factor,
+        grad_clip=cfg.grad_clip, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+        desc=f"distill ({cfg.method})", progress=progress,
+    )  # fmt: skip
+    state = loop.run(step_loss, state)
+    return _write_student(out, model, ema, cfg, state, fm, state.get("record", record), method)
+
+
+def _check_same_run(out: Path, old: dict, record: dict) -> None:
+    """A resumed run must distill the same teacher, the same way."""
+    for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
+        if old.get(key) != record[key]:
+            raise UsageError(
+                f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
+                "use another -o folder"
             )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(model.parameters())
-        step += 1
-        # 3. bookkeeping
-        lv = loss.item()
-        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-        state.update(step=step, images_seen=state["images_seen"] + seen, loss_ema=loss_ema)
-        state["losses"].append([step, round(lv, 5)])
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            state["train_seconds"] += time.time() - t_start
-            t_start = time.time()
-            _save_checkpoint(out, step, model, ema, optimizer, state, cfg.keep_checkpoints)
-    bar.close()
-    state["train_seconds"] += time.time() - t_start
-    return _write_student(out, model, ema, cfg, state, fm, state.get("record", record))
-
-
-def _lr_factor(step: int, cfg: DistillConfig, n_rounds: int) -> float:
-    """The schedule restarts with each progressive round (each round is a new regression problem)."""
-    from fm_edge.train import lr_factor
-
-    r = round_at(step, cfg, n_rounds)
-    start = round_start(r, cfg, n_rounds)
-    end = round_start(r + 1, cfg, n_rounds) if r + 1 < n_rounds else cfg.max_steps
-    return lr_factor(step - start, end - start, 0, cfg.lr_schedule)
-
-
-def _loss(model, x1, y, x0, gen, cfg):  # module-level so tests can hook a step
-    return pairs_loss(model, x1, y, x0, gen, cfg)
-
-
-def _progressive(model, prev, grid, x1, y):  # module-level so tests can hook a step
-    return progressive_loss(model, prev, grid, x1, y)
 
 
 def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema, device):
@@ -452,7 +487,7 @@ def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema,
 def add_arguments(p) -> None:
     """``fm-edge distill``'s flags."""
     from fm_edge.flags import device_flag, seed_and_threads
-    from fm_edge.train import LR_SCHEDULES
+    from fm_edge.loop import LR_SCHEDULES
 
     p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the shipped one)")
     p.add_argument(
@@ -462,7 +497,7 @@ def add_arguments(p) -> None:
         "--method",
         default="progressive",
         choices=METHODS,
-        help="progressive (halves the teacher's Euler steps per round; made the shipped student) or "
+        help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
         "pairs (rectified-flow distillation on cached teacher samples)",
     )
     p.add_argument(

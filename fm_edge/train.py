@@ -18,17 +18,14 @@ temporaries left by a killed run are removed when the next run starts.
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import shutil
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fm_edge.atomic import atomic_dir, prepare_output_dir, remove_leftovers
-from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.atomic import prepare_output_dir, remove_leftovers
+from fm_edge.errors import UsageError
+from fm_edge.loop import LR_SCHEDULES, lr_factor
 
 
 @dataclass
@@ -83,122 +80,6 @@ class TrainConfig:
             raise UsageError(f"--epochs must be a finite number > 0, got {self.epochs}")
 
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """The learning-rate multiplier for 0-based ``step`` of ``total``: linear warm-up over ``warmup`` steps,
-    then constant, or a cosine or linear decay that reaches exactly 0 at the last step (``total - 1``)."""
-    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    if schedule == "constant":
-        return warm
-    start = min(warmup, total - 1)  # the decay always ends at the last step, however long the warm-up
-    p = min(1.0, max(0.0, (step + 1 - start) / max(1, total - start)))
-    decay = 0.5 * (1 + math.cos(math.pi * p)) if schedule == "cosine" else 1.0 - p
-    return warm * decay
-
-
-CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every checkpoint-<step>/ in output_dir, by step (temporary folders excluded)."""
-    return sorted(
-        (int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := CKPT_RE.match(p.name))
-    )
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The complete checkpoint-<step>/ with the highest step (temporary folders are ignored)."""
-    found = [(s, p) for s, p in _checkpoints(output_dir) if (p / "state.json").is_file()]
-    return found[-1][1] if found else None
-
-
-def _optimizer_tensors(sd: dict) -> tuple[dict, dict]:
-    """An optimizer state_dict as safetensors tensors + string metadata (no pickle)."""
-    import torch
-
-    tensors, scalars = {}, {}
-    for pid, entry in sd["state"].items():
-        for key, val in entry.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"state.{pid}.{key}"] = val.detach().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = val
-    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
-    return tensors, meta
-
-
-def _optimizer_state(path: Path) -> dict:
-    """The optimizer state_dict from optimizer.safetensors (or a legacy optimizer.pt, weights only)."""
-    import torch
-    from safetensors import safe_open
-
-    if not (path / "optimizer.safetensors").is_file() and (path / "optimizer.pt").is_file():
-        return torch.load(path / "optimizer.pt", weights_only=True)
-    state: dict = {}
-    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
-        meta = f.metadata()
-        for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-            _, pid, key = name.split(".", 2)
-            state.setdefault(int(pid), {})[key] = f.get_tensor(name)
-    for name, val in json.loads(meta["scalars"]).items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = val
-    groups = json.loads(meta["param_groups"])
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
-
-
-def _save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
-    from safetensors.torch import save_file
-
-    final = out / f"checkpoint-{step}"
-    with atomic_dir(final) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
-        ema_sd = {f"shadow.{i}": p.detach().contiguous() for i, p in enumerate(ema.shadow_params)}
-        save_file(ema_sd, tmp / "ema.safetensors")
-        tensors, meta = _optimizer_tensors(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors", metadata=meta)
-        state = dict(state, ema_optimization_step=ema.optimization_step)
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    for _, p in _checkpoints(out)[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
-def _load_checkpoint(path: Path, model, ema, optimizer) -> dict:
-    from safetensors.torch import load_file
-
-    try:
-        model.load_state_dict(load_file(path / "model.safetensors"))
-        shadow = load_file(path / "ema.safetensors")
-        for i, p in enumerate(ema.shadow_params):
-            p.data.copy_(shadow[f"shadow.{i}"])
-        optimizer.load_state_dict(_optimizer_state(path))
-        state = json.loads((path / "state.json").read_text())
-    except Exception as exc:
-        raise FmEdgeError(f"checkpoint {str(path)!r} could not be resumed: {exc}") from None
-    ema.optimization_step = state.get("ema_optimization_step", state["step"])
-    return state
-
-
-def resume_checkpoint(out: Path, resume: str, model, ema, optimizer, log=print) -> dict | None:
-    """Load ``--resume`` ('latest' or a checkpoint folder) into model, EMA and optimizer: its saved state, or
-    None when 'latest' finds no checkpoint yet (the run then starts from step 0)."""
-    path = latest_checkpoint(out) if resume == "latest" else Path(resume)
-    if path is None:
-        log(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
-        return None
-    if not (path / "state.json").is_file():
-        raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
-    state = _load_checkpoint(path, model, ema, optimizer)
-    log(f"resumed from {path} at step {state['step']}", file=sys.stderr)
-    return state
-
-
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
     from fm_edge.model import fm_config, save_inference_folder
@@ -224,11 +105,12 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     import torch
     from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
+    from fm_edge.checkpoint import resume_checkpoint
     from fm_edge.convention import encode_uint8
     from fm_edge.data import load_split
     from fm_edge.flow import loss_fn, sample_t
+    from fm_edge.loop import EpochOrder, TrainingLoop
     from fm_edge.model import build
 
     sample_t(1, cfg.time_sampling, torch.Generator())  # validates the name before any work
@@ -273,90 +155,36 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": []}
     if resume:
         state = resume_checkpoint(out, resume, model, ema, optimizer, accelerator.print) or state
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.lr_schedule),
-        last_epoch=state["step"] - 1,
-    )
     model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.compile:
         model = torch.compile(model)
     ema.to(device)
     model.train()
+    module = accelerator.unwrap_model(model)
 
-    bar = tqdm(
-        total=total,
-        initial=state["step"],
-        disable=not (progress and accelerator.is_main_process),
-        desc="train",
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
-    step, t_start, start_step = state["step"], time.time(), state["step"]
-    loss_ema = state.get("loss_ema")
-    perm, perm_epoch = None, -1
-    pending: list = []  # this interval's losses, still on the device
+    order = EpochOrder(len(x_all), per_step, cfg.seed, device)
 
-    def sync_losses() -> None:
-        """Fetch the pending losses (one host sync), check them, log them."""
-        nonlocal loss_ema
-        if not pending:
-            return
-        values = torch.stack(pending).tolist()
-        first = step - len(pending) + 1
-        pending.clear()
-        for i, lv in enumerate(values):
-            if not math.isfinite(lv):
-                raise FmEdgeError(
-                    f"loss is {lv} at step {first + i} (losses are checked every --log-every "
-                    f"{cfg.log_every} steps and at checkpoints): stopping (lower --lr or check the data); "
-                    "the last checkpoint is intact"
-                )
-            loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
-            state["losses"].append([first + i, round(lv, 5)])
-        state["loss_ema"] = loss_ema
-        bar.set_postfix(loss=f"{loss_ema:.4f}", epoch=f"{step / steps_per_epoch:.2f}", refresh=False)
-
-    while step < total:
-        # 1. this step's batch: a seeded permutation per epoch (made on the CPU, as before), sharded by process
-        epoch, within = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).to(
-                device
-            )
-            perm_epoch = epoch
-        idx = perm[within * per_step + rank * cfg.batch_size :][: cfg.batch_size]
-        x0, y = x_all[idx], y_all[idx]
+    def step_loss(step: int):
+        """This step's batch (this process's share of the epoch's order) and its flow-matching loss."""
+        idx = order.batch(step, cfg.batch_size, offset=rank * cfg.batch_size)
         gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
-        # 2. flow-matching loss, backward, clip, update, EMA: nothing here waits for the device
         with accelerator.autocast():
-            loss = loss_fn(model, x0, y, gen, cfg.time_sampling, cfg.label_dropout, cfg.ot_coupling)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        sched.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.step(accelerator.unwrap_model(model).parameters())
-        step += 1
-        # 3. bookkeeping: loss log every log_every steps, progress bar, checkpoint
-        pending.append(loss.detach())
-        state.update(step=step, images_seen=state["images_seen"] + per_step)
-        checkpoint = step % cfg.checkpoint_every == 0 or step == total
-        if checkpoint or step % cfg.log_every == 0:
-            sync_losses()
-        bar.update(1)
-        if checkpoint:
-            elapsed = time.time() - t_start
-            state["train_seconds"] = state["train_seconds"] + elapsed
-            t_start = time.time()
-            if accelerator.is_main_process:
-                _save_checkpoint(
-                    out, step, accelerator.unwrap_model(model), ema, optimizer, state, cfg.keep_checkpoints
-                )
-            accelerator.wait_for_everyone()
-    bar.close()
-    state["train_seconds"] += time.time() - t_start
+            loss = loss_fn(
+                model, x_all[idx], y_all[idx], gen, cfg.time_sampling, cfg.label_dropout, cfg.ot_coupling
+            )
+        return loss, per_step
+
+    loop = TrainingLoop(
+        out, model, ema, optimizer, module=module, total=total, lr=cfg.lr,
+        lr_factor=lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.lr_schedule), grad_clip=cfg.grad_clip,
+        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every,
+        backward=accelerator.backward, clip=accelerator.clip_grad_norm_, main_process=accelerator.is_main_process,
+        barrier=accelerator.wait_for_everyone, desc="train", progress=progress,
+        postfix=lambda s: {"epoch": f"{s / order.steps_per_epoch:.2f}"},
+    )  # fmt: skip
+    start_step = state["step"]
+    state = loop.run(step_loss, state)
+    step = state["step"]
     run_steps = step - start_step
     if run_steps and accelerator.is_main_process:
         secs = max(1e-9, state["train_seconds"])

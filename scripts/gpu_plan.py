@@ -18,9 +18,9 @@ from pathlib import Path
 def plan(
     probe: Path, batch_size: int, seconds: float, train_images: int, checkpoint_s: float, min_steps: int
 ) -> dict:
-    from fm_edge.train import _checkpoints
+    from fm_edge.checkpoint import checkpoints
 
-    done = [(s, json.loads((p / "state.json").read_text())) for s, p in _checkpoints(probe)]
+    done = [(s, json.loads((p / "state.json").read_text())) for s, p in checkpoints(probe)]
     done = [(s, st) for s, st in done if st]
     if len(done) < 2:
         sys.exit(f"gpu_plan: {probe} has {len(done)} complete checkpoint(s); the probe needs 2")

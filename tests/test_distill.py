@@ -101,7 +101,7 @@ def test_progressive_interrupted_after_the_round_change_resumes_exactly(tiny_ckp
 
     settings = dict(method="progressive", teacher_steps=4, teacher_solver="euler", max_steps=8)
     straight = distill(cfg(tmp_path / "straight", tiny_ckpt, **settings), progress=False)
-    real, calls = d._progressive, []
+    real, calls = d.progressive_loss, []
 
     def interrupt_in_step_7(*a, **k):
         calls.append(1)
@@ -109,10 +109,10 @@ def test_progressive_interrupted_after_the_round_change_resumes_exactly(tiny_ckp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(d, "_progressive", interrupt_in_step_7)
+    monkeypatch.setattr(d, "progressive_loss", interrupt_in_step_7)
     with pytest.raises(KeyboardInterrupt):
         distill(cfg(tmp_path / "split", tiny_ckpt, **settings), progress=False)
-    monkeypatch.setattr(d, "_progressive", real)
+    monkeypatch.setattr(d, "progressive_loss", real)
     split = distill(cfg(tmp_path / "split", tiny_ckpt, **settings), resume="latest", progress=False)
     _assert_same_run(straight.parent, split.parent, 8)
 
@@ -143,14 +143,14 @@ import pathlib, sys, time
 import fm_edge.distill as d
 from fm_edge.cli import main
 marker, n = pathlib.Path(sys.argv[1]), int(sys.argv[2])
-real, steps = d._loss, []
+real, steps = d.pairs_loss, []
 def loss(*a, **k):
     steps.append(1)
     if len(steps) == n:
         marker.write_text(f"in step {n}")
         time.sleep(600)
     return real(*a, **k)
-d._loss = loss
+d.pairs_loss = loss
 sys.exit(main(sys.argv[3:]))
 """
 
@@ -267,8 +267,8 @@ def test_distill_on_cuda(tiny_ckpt, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_ckpt, tmp_path, monkeypatch):
     import fm_edge.distill as d
 
-    real = d._loss
-    monkeypatch.setattr(d, "_loss", lambda *a: real(*a) * float("nan"))
+    real = d.pairs_loss
+    monkeypatch.setattr(d, "pairs_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(FmEdgeError, match="loss is nan at step 1"):
         distill(cfg(tmp_path, tiny_ckpt), progress=False)
     assert not (tmp_path / "model").exists()

@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 
+from fm_edge.checkpoint import latest_checkpoint
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.model import load
-from fm_edge.train import TrainConfig, latest_checkpoint, train
+from fm_edge.train import TrainConfig, train
 
 
 def cfg(tmp_path, tiny_data, **kw):
@@ -327,13 +328,13 @@ def test_resume_is_bit_exact_with_schedule_ot_and_deferred_loss_fetches(tmp_path
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
     # the schedule is wired in: after 3 of 6 cosine steps (warm-up 2) the rate is between 0 and the peak,
     # and it is 0 after the last step; the 3-step run decayed to 0 at its own end
-    from fm_edge.train import _optimizer_state
+    from fm_edge.checkpoint import optimizer_state
 
-    lr_mid = _optimizer_state(straight / "checkpoint-3")["param_groups"][0]["lr"]
+    lr_mid = optimizer_state(straight / "checkpoint-3")["param_groups"][0]["lr"]
     assert 0 < lr_mid < 2e-3
     assert lr_mid == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 4)))
-    assert _optimizer_state(straight / "checkpoint-6")["param_groups"][0]["lr"] == 0.0
-    assert _optimizer_state(split / "checkpoint-3")["param_groups"][0]["lr"] == 0.0
+    assert optimizer_state(straight / "checkpoint-6")["param_groups"][0]["lr"] == 0.0
+    assert optimizer_state(split / "checkpoint-3")["param_groups"][0]["lr"] == 0.0
 
 
 def test_ot_coupling_changes_the_pairs_but_not_the_draws(tmp_path, tiny_data):
