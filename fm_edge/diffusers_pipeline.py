@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from fm_edge.artifacts import FM_CONFIG
 from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, PAD, T_SCALE, check_labels, decode_uint8
 from fm_edge.errors import UsageError
-from fm_edge.model import read_fm_config
+from fm_edge.model import check_one_step, model_class, read_fm_config
 from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg, check_solver, time_grid
 
@@ -129,7 +129,7 @@ class FmEdgePipeline(DiffusionPipeline):
     r"""Class-conditional MNIST digits from an fm-edge flow-matching UNet.
 
     Parameters:
-        unet ([`UNet2DModel`]): the velocity network (timestep input t * 1000, labels 0-9, null label 10).
+        unet ([`UNet2DModel`] or fm-edge's one-step `OneStepNet`): the velocity network (timestep input t * 1000, labels 0-9, null label 10).
         scheduler ([`FlowMatchEulerDiscreteScheduler`]): its ``shift`` is the time shift of the grid.
         sampler (`dict`, *optional*): the checkpoint's recommended sampler (fm_edge.json's ``sampler``): the
             defaults for ``num_inference_steps`` (``steps``) and ``guidance_scale`` (``cfg_scale``), and
@@ -173,7 +173,7 @@ class FmEdgePipeline(DiffusionPipeline):
                 "scheduler with its steps, cfg_scale and shift"
             )
         unet_kwargs["use_safetensors"] = True
-        unet = UNet2DModel.from_pretrained(folder, **unet_kwargs)
+        unet = model_class(folder).from_pretrained(folder, **unet_kwargs)  # UNet2DModel or OneStepNet
         return cls(unet=unet, scheduler=scheduler or make_scheduler(sampler), sampler=sampler)
 
     def _check_scheduler(self) -> None:
@@ -223,6 +223,8 @@ class FmEdgePipeline(DiffusionPipeline):
             check_solver("euler", steps)
         except UsageError as exc:
             raise UsageError(f"num_inference_steps: {exc}") from None
+        if getattr(self.unet, "one_step_only", False):
+            check_one_step(steps, "num_inference_steps")
         scale, guided = _guidance_scale(guidance_scale, sampler)
         labels = _labels(class_labels)
         if output_type not in OUTPUT_TYPES:

@@ -12,6 +12,9 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
   teaches one student Euler step to match two guided teacher Euler steps on the teacher's time grid; each
   later round halves the steps again with the previous round's (frozen, EMA) student as its teacher, until
   ``student_steps`` remain. Training states are the previous sampler's own trajectory from fresh noise.
+- ``regress``: a fresh time-free :class:`fm_edge.student_net.OneStepNet` (``student_arch``) learns the
+  teacher sampler's map from noise x1 to its digit x0_T on the cached pairs (target x1 - x0_T at t=1). The
+  teacher may itself be a distilled few-step student; its baked-in guidance carries over.
 
 Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
 (seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
@@ -46,6 +49,7 @@ class DistillConfig:
     method: str = "progressive"
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
+    student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -68,6 +72,17 @@ class DistillConfig:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.student_steps not in (1, 2):
             raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
+        if self.method == "regress":
+            from fm_edge.student_net import ARCHS
+
+            if self.student_steps != 1:
+                raise UsageError(
+                    f"--method regress trains a one-step student: --student-steps 1, not {self.student_steps}"
+                )
+            if self.student_arch not in ARCHS:
+                raise UsageError(
+                    f"unknown --student-arch {self.student_arch!r}: choose one of {', '.join(ARCHS)}"
+                )
         for name in ("pairs", "batch_size", "max_steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -99,7 +114,7 @@ def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, SamplerSpec]:
     path = resolve(cfg.teacher)
     fm = read_fm_config(path)
     rec = checkpoint_spec(fm)
-    if rec.distilled:
+    if rec.distilled and cfg.method != "regress":  # regress may copy a distilled student's sampler as it is
         raise UsageError(
             f"teacher {str(path)!r} is itself a distilled student (guidance 'distilled'): "
             "distill from a classifier-free-guided checkpoint written by fm-edge train"
@@ -215,6 +230,21 @@ def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
     return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float())
 
 
+# --- the regress method ---
+
+
+def regress_loss(model, x1, labels, x0):
+    """One-step regression onto the teacher sampler's output: the student's velocity at t=1 on the noise
+    x1 should be x1 - x0_T, so its one Euler step x1 - v(x1, 1) lands on x0_T."""
+    import torch
+
+    from fm_edge.convention import T_SCALE
+
+    t = torch.full((len(x1),), T_SCALE, device=x1.device)
+    pred = model(x1, t, class_labels=labels).sample
+    return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float())
+
+
 # --- the progressive method ---
 
 
@@ -322,6 +352,27 @@ class Pairs(Method):
         return pairs_loss(self.model, x1, y, x0, gen, self.cfg)
 
 
+class Regress(Pairs):
+    """A fresh time-free OneStepNet regressed onto the teacher sampler's digits, on the cached pairs."""
+
+    def student(self):
+        import torch
+
+        from fm_edge.student_net import build as build_student
+
+        if self.resume:
+            _check_resumed_arch(self.out, self.resume, self.cfg.student_arch)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.seed)
+            return build_student(self.cfg.student_arch).to(self.device)
+
+    def preset(self, fm: dict) -> str:
+        return self.cfg.student_arch
+
+    def pair_loss(self, x1, y, x0, gen):
+        return regress_loss(self.model, x1, y, x0)
+
+
 class Progressive(Method):
     """Halve the teacher's Euler steps per round; round r > 0 learns from round r-1's frozen EMA student."""
 
@@ -366,7 +417,7 @@ class Progressive(Method):
 
 
 #: method name -> its unit (the --method choices, in order)
-METHODS = {"progressive": Progressive, "pairs": Pairs}
+METHODS = {"progressive": Progressive, "pairs": Pairs, "regress": Regress}
 
 
 # --- the run ---
@@ -417,7 +468,8 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         "teacher_sha256": weights_hash(teacher),
         "teacher_sampler": s.to_dict(),
         "student_steps": cfg.student_steps,
-        "pairs": cfg.pairs if cfg.method == "pairs" else None,
+        "pairs": cfg.pairs if cfg.method in ("pairs", "regress") else None,
+        "student_arch": cfg.student_arch if cfg.method == "regress" else None,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("teacher", "output_dir")},
     }
     method = METHODS[cfg.method](cfg, teacher, s, device, out, resume)
@@ -451,12 +503,27 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
 
 def _check_same_run(out: Path, old: dict, record: dict) -> None:
     """A resumed run must distill the same teacher, the same way."""
-    for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps"):
+    for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps", "student_arch"):
         if old.get(key) != record[key]:
             raise UsageError(
                 f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
                 "use another -o folder"
             )
+
+
+def _check_resumed_arch(out: Path, resume: str, arch: str) -> None:
+    """Before any weights load: the checkpoint to resume holds a student of the same ``--student-arch``."""
+    from fm_edge.checkpoint import latest_checkpoint
+
+    path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+    state = path / "state.json" if path is not None else None
+    if state is None or not state.is_file():
+        return  # nothing to resume, or resume_checkpoint names the bad folder
+    old = json.loads(state.read_text()).get("record", {}).get("student_arch")
+    if old != arch:
+        raise UsageError(
+            f"--resume: {out} was distilled with student_arch={old!r}, not {arch!r}: use another -o folder"
+        )
 
 
 def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema, device):
@@ -498,7 +565,13 @@ def add_arguments(p) -> None:
         default="progressive",
         choices=METHODS,
         help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
-        "pairs (rectified-flow distillation on cached teacher samples)",
+        "pairs (rectified-flow distillation on cached teacher samples) or regress (a fresh time-free "
+        "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student)",
+    )
+    p.add_argument(
+        "--student-arch",
+        default=DistillConfig.student_arch,
+        help="regress: the one-step net's size (fm_edge.student_net.ARCHS)",
     )
     p.add_argument(
         "--cfg-scale", type=float, default=None, help="guidance scale baked in (default: the teacher's)"

@@ -111,13 +111,65 @@ def resolve(folder: str | os.PathLike | None) -> Path:
     return path
 
 
-def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
-    """Load (model in eval mode, fm_edge config) from a checkpoint folder (safetensors only)."""
+#: config.json ``_class_name`` of the time-free one-step student (fm_edge.student_net)
+ONE_STEP_CLASS = "OneStepNet"
+
+
+def class_name(folder: str | os.PathLike) -> str:
+    """config.json's ``_class_name`` (json only: no torch import)."""
+    path = Path(folder) / "config.json"
+    try:
+        name = json.loads(path.read_text()).get("_class_name", "UNet2DModel")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise FmEdgeError(f"{path} is not a valid diffusers config: {exc}") from None
+    return str(name)
+
+
+def check_one_step(steps: int, flag: str = "--steps") -> None:
+    """A OneStepNet student has no time input: it runs exactly one Euler step from t=1."""
+    if steps != 1:
+        raise UsageError(
+            f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
+        )
+
+
+def is_one_step(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is a OneStepNet checkpoint folder (None: the shipped UNet checkpoint)."""
+    return (
+        folder is not None
+        and (Path(folder) / "config.json").is_file()
+        and class_name(folder) == ONE_STEP_CLASS
+    )
+
+
+def check_steps_for(folder: str | os.PathLike | None, steps: int, flag: str = "--steps") -> None:
+    """:func:`check_one_step` when ``folder`` is a OneStepNet checkpoint folder; nothing otherwise."""
+    if is_one_step(folder):
+        check_one_step(steps, flag)
+
+
+def model_class(folder: str | os.PathLike):
+    """The diffusers class named by config.json's ``_class_name``: UNet2DModel, or the one-step
+    :class:`fm_edge.student_net.OneStepNet`; anything else is a UsageError."""
+    path = Path(folder) / "config.json"
+    name = class_name(folder)
+    if name == ONE_STEP_CLASS:
+        from fm_edge.student_net import OneStepNet
+
+        return OneStepNet
+    if name != "UNet2DModel":
+        raise UsageError(f"{path} names model class {name!r}: fm-edge loads UNet2DModel or OneStepNet")
     from diffusers import UNet2DModel
 
+    return UNet2DModel
+
+
+def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
+    """Load (model in eval mode, fm_edge config) from a checkpoint folder (safetensors only)."""
     path = resolve(folder)
+    cls = model_class(path)
     try:
-        model = UNet2DModel.from_pretrained(path, use_safetensors=True)
+        model = cls.from_pretrained(path, use_safetensors=True)
     except Exception as exc:  # diffusers raises OSError/ValueError/SafetensorError for bad files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FmEdgeError(f"checkpoint {str(path)!r} could not be loaded: {msg}") from None
@@ -159,7 +211,14 @@ def velocity_fn(model, bf16: bool = False):
                 return unet(x, t, labels).float()
         return unet(x, t, labels)
 
+    one_step = getattr(model, "one_step_only", False)
+
     def unet(x, t, labels):
+        if one_step and isinstance(t, (int, float)) and t != 1:
+            raise UsageError(
+                f"this one-step student (OneStepNet, no time input) is evaluated only at t=1, not t={t:g}: "
+                "sample with --steps 1 --solver euler"
+            )
         if isinstance(t, (int, float)):  # a fill kernel, not a host-to-device copy: CUDA graphs capture it
             tt = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device) * T_SCALE
         else:

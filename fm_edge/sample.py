@@ -138,6 +138,10 @@ def main(args):
     graphs = False if args.no_cuda_graphs else None
     backend = make_backend(name, args.model, args.num_threads, device, bf16, graphs)
     s = backend.sampler.override(args.steps, args.solver, args.cfg_scale, args.shift)
+    if args.model is not None and Path(args.model).is_dir():  # a OneStepNet student runs 1 step only
+        from fm_edge.model import check_steps_for
+
+        check_steps_for(args.model, s.steps)
     x = generate(backend, labels, s, args.seed, args.batch_size, progress=True, raw=True)
     device = (backend.info or {}).get("device", "cpu")
     print(f"{args.num_samples} samples, {s.describe()}, backend {backend.name} ({device})", file=sys.stderr)

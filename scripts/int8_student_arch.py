@@ -13,7 +13,7 @@ preset for reference): fm-edge's velocity export, fm-edge's static QDQ quantizer
   per-digit bars (>= 10x faster per digit than it) are ratios measured under the same load.
 
 A one-step sampler costs one velocity call plus ``x1 - v`` and the uint8 decode, so the velocity call per
-digit is its per-digit time (the winner's real ``sampler.onnx`` is timed by ``--sampler``).
+digit is its per-digit time (a trained student's real ``sampler.onnx`` files: ``scripts/tradeoff.py``).
 
     git show 0ecbb1b:fm_edge/checkpoints/compact-mnist/onnx/sampler.onnx > /tmp/first_release_sampler.onnx
     python scripts/int8_student_arch.py --baseline /tmp/first_release_sampler.onnx \\

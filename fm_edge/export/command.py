@@ -38,7 +38,7 @@ def export(
     """
     from fm_edge.export.metadata import check_convention
     from fm_edge.export.velocity import check_opset
-    from fm_edge.model import read_fm_config, resolve
+    from fm_edge.model import check_steps_for, read_fm_config, resolve
     from fm_edge.sampler_spec import checkpoint_spec
 
     log = log or sys.stderr
@@ -48,6 +48,7 @@ def export(
     fm = read_fm_config(ckpt)
     check_convention(ckpt, fm)
     spec = checkpoint_spec(fm).override(steps=steps, solver=solver)
+    check_steps_for(ckpt, spec.steps, "--sampler-steps")  # a OneStepNet student runs exactly 1 step
     out, created = prepare_output_dir(output_dir)
     paths = {"velocity": out / VELOCITY_FILE, "sampler": out / SAMPLER_FILE}
     try:

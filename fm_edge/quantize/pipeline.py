@@ -332,6 +332,10 @@ def int8_options(args) -> dict:
 
     recipe = getattr(args, "int8_recipe", None) or "default"
     get_recipe(recipe)  # an unknown name fails here, before any export work
+    from fm_edge.model import is_one_step
+
+    if recipe == "default" and is_one_step(getattr(args, "model", None)):
+        recipe = "student"  # a time-free OneStepNet: all in int8 but the label embedding
     return dict(
         model_dir=getattr(args, "model", None),
         calib_samples=calib,

@@ -1,0 +1,311 @@
+"""The one-step student net (fm_edge.student_net.OneStepNet): diffusers contract on a tiny config, ONNX and
+int8 export, the checkpoint loaders, the one-step refusals, and ``fm-edge distill --method regress``."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fm_edge.distill import DistillConfig, distill
+from fm_edge.errors import UsageError
+from fm_edge.student_net import ARCHS, OneStepNet, build
+
+TINY = dict(ARCHS["tiny"])
+
+
+def inputs(b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 1, 32, 32, generator=g)
+    return x, torch.full((b,), 1000.0), torch.arange(b) % 11
+
+
+def randomized(model, seed=0):
+    """Random weights everywhere (the zero-initialised block convs too), so every layer matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def test_shapes_labels_and_ignored_timestep():
+    model = randomized(OneStepNet(**TINY))
+    x, t, y = inputs()
+    with torch.no_grad():
+        v = model(x, t, class_labels=y).sample
+        assert v.shape == (3, 1, 32, 32) and v.dtype == torch.float32
+        torch.testing.assert_close(model(x, t * 0.3, class_labels=y).sample, v, rtol=0, atol=0)
+        assert not torch.equal(model(x, t, class_labels=(y + 1) % 11).sample, v)  # labels condition it
+        torch.testing.assert_close(model(x, class_labels=torch.full((3,), 10)).sample, model(x).sample)
+        p1 = randomized(
+            OneStepNet(**dict(TINY, patch_size=1, block_out_channels=(8, 16, 16), layers_per_block=1))
+        )
+        assert p1(x, t, class_labels=y).sample.shape == (3, 1, 32, 32)
+        assert model(x, t, class_labels=y, return_dict=False)[0].shape == (3, 1, 32, 32)
+
+
+def test_blocks_start_as_the_identity():
+    model = OneStepNet(**TINY)
+    h = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model.down_blocks[0](h), h, rtol=0, atol=0)
+
+
+def test_seeded_construction_is_deterministic():
+    torch.manual_seed(5)
+    a = build("tiny")
+    torch.manual_seed(5)
+    b = build("tiny")
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), ka
+
+
+def test_save_pretrained_round_trip_and_fm_edge_load(tmp_path):
+    from fm_edge.model import fm_config, load, model_class
+
+    model = randomized(OneStepNet(**TINY))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "fm_edge.json").write_text(json.dumps(fm_config("tiny")))
+    assert json.loads((tmp_path / "config.json").read_text())["_class_name"] == "OneStepNet"
+    assert model_class(tmp_path) is OneStepNet
+    again = OneStepNet.from_pretrained(tmp_path)
+    loaded, fm = load(tmp_path)
+    assert isinstance(loaded, OneStepNet) and fm["preset"] == "tiny" and not loaded.training
+    x, t, y = inputs()
+    with torch.no_grad():
+        ref = model(x, t, class_labels=y).sample
+        torch.testing.assert_close(again(x, t, class_labels=y).sample, ref, rtol=0, atol=0)
+        torch.testing.assert_close(loaded(x, t, class_labels=y).sample, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(patch_size=3), "patch_size must be 1 or 2"),
+        (dict(block_out_channels=(8, 0)), "block_out_channels must be positive"),
+        (dict(layers_per_block=(1, 1, 1)), "layers_per_block must be one int"),
+        (dict(sample_size=30), "not divisible"),
+        (dict(label_channels=0), "label_channels must be >= 1"),
+    ],
+)
+def test_bad_configs_are_one_usage_error(kw, match):
+    with pytest.raises(UsageError, match=match):
+        OneStepNet(**{**TINY, **kw})
+
+
+def test_unknown_arch_and_unknown_class_are_refused(tmp_path):
+    from fm_edge.model import model_class
+
+    with pytest.raises(UsageError, match="unknown student arch 'huge'"):
+        build("huge")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(UsageError, match="UNet2DConditionModel"):
+        model_class(tmp_path)
+
+
+def test_onnx_export_equals_torch_and_has_no_time_path(tmp_path):
+    import onnxruntime as ort
+
+    from fm_edge.export.velocity import INPUTS, export_velocity
+
+    model = randomized(OneStepNet(**TINY))
+    proto = export_velocity(model)
+    assert tuple(i.name for i in proto.graph.input) == INPUTS  # the unused timestep is kept as an input
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & {"Sin", "Cos", "Exp", "Gemm", "MatMul", "InstanceNormalization", "Sigmoid"}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x, t, y = inputs(5)
+    out = sess.run(None, {"sample": x.numpy(), "timestep": t.numpy(), "class_labels": y.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x, t, class_labels=y).sample.numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_student_recipe_keeps_the_net_in_int8(tmp_path):
+    import onnx
+
+    from fm_edge.export.velocity import export_velocity
+    from fm_edge.quantize.calibrate import Trajectories
+    from fm_edge.quantize.graph import int8_nodes
+    from fm_edge.quantize.ort_int8 import quantize_velocity
+    from fm_edge.quantize.sqnr import output_sqnr
+
+    model = randomized(OneStepNet(**TINY))
+    with torch.no_grad():  # tame the random net so activations stay in a sane range
+        for name, p in model.named_parameters():
+            if "conv2" in name:
+                p.mul_(0.2)
+    fp32 = tmp_path / "v.onnx"
+    onnx.save(export_velocity(model), str(fp32))
+    rng = np.random.default_rng(0)
+    n = 64
+    x = rng.standard_normal((n, 1, 32, 32)).astype(np.float32)
+    y = (np.arange(n) % 11).astype(np.int64)
+    calib = Trajectories(x, np.full(n, 1000.0, np.float32), y, np.zeros(n, np.int32), x[:11], x[:11], y[:11])
+    q = tmp_path / "v8.onnx"
+    facts = quantize_velocity(fp32, q, calib, "student", log=io.StringIO())
+    qm = onnx.load(str(q))
+    convs = [node for node in onnx.load(str(fp32)).graph.node if node.op_type == "Conv"]
+    assert len(int8_nodes(qm)) == len(convs)  # every conv, the first and the last included
+    assert facts["macs_int8_fraction"] == 1.0
+    # Relu quantized too: the quantizer folds it into the conv's output range (no DQ -> Relu -> Q)
+    assert "Relu" not in {node.op_type for node in qm.graph.node}
+    held = {"sample": x[:16], "timestep": np.full(16, 1000.0, np.float32), "class_labels": y[:16]}
+    assert output_sqnr(fp32, q, held) > 20
+
+
+@pytest.fixture(scope="module")
+def one_step_ckpt(tmp_path_factory):
+    from fm_edge.model import fm_config
+
+    folder = tmp_path_factory.mktemp("onestep") / "model"
+    randomized(OneStepNet(**TINY)).save_pretrained(folder, safe_serialization=True)
+    sampler = {"solver": "euler", "steps": 1, "cfg_scale": 1.0, "shift": 1.0, "guidance": "distilled",
+               "distilled_cfg_scale": 1.5}  # fmt: skip
+    (folder / "fm_edge.json").write_text(json.dumps(fm_config("tiny", sampler=sampler)))
+    return folder
+
+
+def test_one_step_only_samplers_refuse_other_step_counts(one_step_ckpt, tmp_path):
+    from fm_edge.backends import generate, torch_backend
+    from fm_edge.diffusers_pipeline import FmEdgePipeline
+    from fm_edge.export.command import export
+    from fm_edge.model import check_steps_for
+    from fm_edge.sampler_spec import SamplerSpec
+
+    backend = torch_backend(one_step_ckpt, num_threads=1)
+    images = generate(backend, np.arange(4), SamplerSpec("euler", 1, 1.0))
+    assert images.shape == (4, 28, 28)
+    with pytest.raises(UsageError, match="evaluated only at t=1"):
+        generate(backend, np.arange(4), SamplerSpec("euler", 2, 1.0))
+    with pytest.raises(UsageError, match="--steps 4: this one-step student"):
+        check_steps_for(one_step_ckpt, 4)
+    check_steps_for(one_step_ckpt, 1)
+    with pytest.raises(UsageError, match="--sampler-steps 2"):
+        export(one_step_ckpt, tmp_path / "onnx", steps=2, log=io.StringIO())
+    assert not (tmp_path / "onnx").exists()
+    pipe = FmEdgePipeline.from_pretrained(one_step_ckpt)
+    assert isinstance(pipe.unet, OneStepNet)
+    out = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (2, 28, 28, 1)
+    with pytest.raises(UsageError, match="num_inference_steps 3"):
+        pipe([1], num_inference_steps=3)
+
+
+def test_fm_edge_sample_on_a_one_step_checkpoint(one_step_ckpt, tmp_path):
+    from fm_edge.cli import main
+
+    out = tmp_path / "s.npz"
+    base = ["sample", "--model", str(one_step_ckpt), "--num-samples", "6", "--num-threads", "1"]
+    assert main([*base, "-o", str(out), "--backend", "torch"]) == 0
+    assert np.load(out)["images"].shape == (6, 28, 28)
+    assert main([*base, "-o", str(out), "--steps", "4"]) == 2
+
+
+# --- fm-edge distill --method regress ---
+
+
+def rcfg(out, teacher, **kw):
+    base = dict(
+        teacher=str(teacher), output_dir=str(out), method="regress", student_arch="tiny", pairs=24,
+        batch_size=8, max_steps=4, checkpoint_every=2, keep_checkpoints=5, num_threads=1, device="cpu",
+    )  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def distilled_teacher(tiny_ckpt, tmp_path_factory):
+    """A few-step (here one-step) UNet student: the teacher the regress method is made for."""
+    out = tmp_path_factory.mktemp("pairs_student")
+    return distill(
+        DistillConfig(teacher=str(tiny_ckpt), output_dir=str(out), method="pairs", cfg_scale=1.5, pairs=16,
+                      batch_size=8, max_steps=1, num_threads=1, device="cpu"),
+        progress=False,
+    )  # fmt: skip
+
+
+def test_regress_trains_a_one_step_net_from_a_distilled_teacher(distilled_teacher, tmp_path):
+    from fm_edge.model import load
+
+    folder = distill(rcfg(tmp_path, distilled_teacher, max_steps=6), progress=False)
+    model, fm = load(folder)
+    assert isinstance(model, OneStepNet) and model.config.block_out_channels == [8, 16]
+    assert fm["preset"] == "tiny" and fm["distillation"]["student_arch"] == "tiny"
+    assert fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
+    assert fm["sampler"]["distilled_cfg_scale"] == 1.5  # the teacher's baked-in guidance carries over
+    state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
+    assert len(state["losses"]) == 6 and all(np.isfinite(v) for _, v in state["losses"])
+
+
+def test_regress_interrupted_resumes_exactly(tiny_ckpt, tmp_path, monkeypatch):
+    from test_distill import _assert_same_run
+
+    import fm_edge.distill as d
+
+    straight = distill(rcfg(tmp_path / "straight", tiny_ckpt, cfg_scale=1.5, max_steps=6), progress=False)
+    real, calls = d.regress_loss, []
+
+    def interrupt_in_step_5(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(d, "regress_loss", interrupt_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        distill(rcfg(tmp_path / "split", tiny_ckpt, cfg_scale=1.5, max_steps=6), progress=False)
+    monkeypatch.setattr(d, "regress_loss", real)
+    split = distill(
+        rcfg(tmp_path / "split", tiny_ckpt, cfg_scale=1.5, max_steps=6), resume="latest", progress=False
+    )
+    _assert_same_run(straight.parent, split.parent, 6)
+    with pytest.raises(UsageError, match="student_arch"):
+        distill(rcfg(tmp_path / "split", tiny_ckpt, cfg_scale=1.5, student_arch="s2-32-64"), resume="latest")
+
+
+def test_regress_sigkill_then_resume(tiny_ckpt, tmp_path):
+    from conftest import sigkill_at_marker
+    from test_distill import KILLABLE
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    argv = ["distill", "--method", "regress", "--student-arch", "tiny", "--teacher", str(tiny_ckpt),
+            "--cfg-scale", "1.5", "--pairs", "24", "--batch-size", "8", "--max-steps", "4",
+            "--checkpoint-every", "2", "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
+    killable = KILLABLE.replace("d.pairs_loss", "d.regress_loss")  # hang inside a regress step
+    assert "d.regress_loss = loss" in killable
+    sigkill_at_marker(
+        [sys.executable, "-c", killable, str(marker), "3", *argv], marker, "step 3", timeout=900
+    )
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    r = subprocess.run([sys.executable, "-m", "fm_edge.cli", *argv, "--resume", "latest"],
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "checkpoint-2" in r.stderr
+    fm = json.loads((run / "model" / "fm_edge.json").read_text())
+    assert fm["distillation"]["method"] == "regress" and fm["distillation"]["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(student_arch="huge"), "unknown --student-arch 'huge'"),
+        (dict(student_steps=2), "--student-steps 1, not 2"),
+        (dict(batch_size=0), "--batch-size must be >= 1"),
+    ],
+)
+def test_regress_bad_settings_are_one_usage_error(kw, match, tiny_ckpt, tmp_path):
+    with pytest.raises(UsageError, match=match):
+        distill(rcfg(tmp_path / "out", tiny_ckpt, **kw), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_distilled_teacher_only_for_regress(distilled_teacher, tmp_path):
+    with pytest.raises(UsageError, match="is itself a distilled student"):
+        distill(rcfg(tmp_path / "a", distilled_teacher, method="pairs"), progress=False)
+    with pytest.raises(UsageError, match="omit --cfg-scale"):
+        distill(rcfg(tmp_path / "b", distilled_teacher, cfg_scale=3.0), progress=False)
