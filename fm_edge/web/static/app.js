@@ -25,9 +25,9 @@ function describe(err) {
 
 // onnxruntime-web: the WebGPU build where the browser offers an adapter (and JSPI, which that build
 // needs), the plain WASM build otherwise. ?ep=wasm forces WASM.
-async function loadRuntime(site) {
+async function loadRuntime(site, wasmOnly = false) {
   const query = new URLSearchParams(location.search);
-  const forceWasm = query.get("ep") === "wasm";
+  const forceWasm = wasmOnly || query.get("ep") === "wasm";
   let gpu = false;
   if (site.ort.webgpu && !forceWasm && navigator.gpu && typeof WebAssembly.Suspending === "function") {
     gpu = Boolean(await navigator.gpu.requestAdapter().catch(() => null));
@@ -196,13 +196,28 @@ async function start() {
   const response = await fetch("site.json").catch(() => null);
   if (!response?.ok) throw new Sentence("The site's site.json is missing: serve the whole folder fm-edge web wrote.");
   state.site = await response.json();
-  Object.assign(state, await loadRuntime(state.site));
-  state.options = { executionProviders: [state.ep], graphOptimizationLevel: "all" };
-  const columns = [];
+  const files = [];
   for (const [name, path] of Object.entries(state.site.models)) {
     const r = await fetch(path).catch(() => null);
     if (!r?.ok) throw new Sentence(`The sampler ${path} did not load: serve the whole folder fm-edge web wrote.`);
-    columns.push(await makeColumn(name, new Uint8Array(await r.arrayBuffer())));
+    files.push([name, new Uint8Array(await r.arrayBuffer())]);
+  }
+  // ?opt=disabled|basic|extended|all: ORT's graph optimization level (for profiling; default all)
+  const level = new URLSearchParams(location.search).get("opt") ?? "all";
+  const open = async (wasmOnly) => {
+    Object.assign(state, await loadRuntime(state.site, wasmOnly));
+    state.options = { executionProviders: [state.ep], graphOptimizationLevel: level };
+    const columns = [];
+    for (const [name, bytes] of files) columns.push(await makeColumn(name, bytes));
+    return columns;
+  };
+  let columns;
+  try {
+    columns = await open(false);
+  } catch (err) {
+    if (state.ep !== "webgpu") throw err;
+    console.warn("WebGPU failed, using WASM:", err); // a driver or an operator WebGPU lacks
+    columns = await open(true);
   }
   showColumns(columns);
   const isolation = crossOriginIsolated ? "cross-origin isolated" : "not cross-origin isolated (see docs/web.md: _headers)";
