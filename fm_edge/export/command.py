@@ -166,9 +166,9 @@ def main(args):
     """
     options = None
     if args.int8:
-        from fm_edge.quantize.pipeline import int8_options, quantize_export
+        from fm_edge.quantize.pipeline import int8_config, quantize_export
 
-        options = int8_options(args)  # bad int8 flags fail here, before any work
+        options = int8_config(args)  # bad int8 flags fail here, before any work
     kwargs = dict(opset=args.opset, solver=args.solver, steps=args.sampler_steps, seed=args.seed,
                   num_threads=args.num_threads)  # fmt: skip
     if options is None:
@@ -182,7 +182,7 @@ def main(args):
         stage = Path(tempfile.mkdtemp(prefix=".export-", suffix=".tmp", dir=out))
         try:
             export(args.model, stage, **kwargs)
-            quantize_export(stage, **options)
+            quantize_export(stage, options)
             paths = {}
             for f in sorted(stage.iterdir()):
                 os.replace(f, out / f.name)

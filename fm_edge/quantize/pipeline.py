@@ -15,10 +15,11 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,8 @@ from fm_edge.sampler_spec import SamplerSpec, export_spec
 
 @dataclass
 class Tolerance:
-    """What int8 must keep (issue 4's bars): PSNR vs fp32, relative FD increase, label-accuracy drop."""
+    """What int8 must keep: mean PSNR against fp32 from the same noise, the relative FD increase and the
+    label-accuracy drop."""
 
     min_psnr_db: float = 25.0
     max_fd_increase: float = 0.10
@@ -108,7 +110,6 @@ def quality_report(
             fd_fp32=e32["fd"], fd_int8=e8["fd"],
             label_accuracy_fp32=e32["label_accuracy"], label_accuracy_int8=e8["label_accuracy"],
         )  # fmt: skip
-    rep["_images"] = (img32, img8, labels)
     return rep
 
 
@@ -130,131 +131,181 @@ def check_quality(q: dict, tol: Tolerance) -> list[str]:
     return bad
 
 
-def quantize_export(
-    out_dir,
-    model_dir=None,
-    calib_samples: int = 64,
-    seed: int = 0,
-    recipe="default",
-    tolerance: Tolerance | None = None,
-    quality_samples: int = 200,
-    fd: bool = False,
-    num_threads: int | None = None,
-    measure_latency: bool = True,
-    log=None,
-) -> dict:
-    """Write velocity_int8.onnx, sampler_int8.onnx and quantization.json into ``out_dir`` (which holds the
-    fp32 export); returns the summary (also the content of quantization.json). Raises FmEdgeError, writing
-    nothing, when int8 quality falls outside ``tolerance``."""
-    import onnx
-    import onnxruntime as ort
+@dataclass
+class Int8Config:
+    """What ``fm-edge export --int8`` (and :func:`quantize_export`) does: calibration noises and seed, the
+    recipe, the quality bars and how they are measured, threads and timing. The CLI and the API share these
+    defaults; :meth:`check` refuses a bad value before any work."""
 
-    from fm_edge import __version__
-    from fm_edge.atomic import atomic_file
-    from fm_edge.export.sampler_graph import build_sampler
-    from fm_edge.export.validate import report, require, validate_sampler
-    from fm_edge.quantize import calibrate
-    from fm_edge.quantize.cpu import isa_seen
+    calib_samples: int = 64
+    seed: int = 0
+    recipe: object = "default"  # a recipe name or a fm_edge.quantize.recipe.Recipe
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    quality_samples: int = 200
+    fd: bool = (
+        True  # FD and label accuracy through the project evaluator (slower, and what --tolerance bounds)
+    )
+    num_threads: int | None = None
+    measure_latency: bool = True
+
+    def check(self) -> Int8Config:
+        from fm_edge.quantize.calibrate import MIN_NOISES
+        from fm_edge.quantize.recipe import get
+
+        fd_bar = self.tolerance.max_fd_increase
+        if not (math.isfinite(fd_bar) and fd_bar >= 0):
+            raise UsageError(
+                f"--tolerance {fd_bar} is not allowed: give the relative FD increase int8 may add, "
+                "a finite number >= 0 (0.10 = 10%)"
+            )
+        if self.calib_samples < MIN_NOISES:
+            raise UsageError(
+                f"--calib-samples {self.calib_samples} is too small: int8 calibration needs at least "
+                f"{MIN_NOISES} noises (one per label 0-10)"
+            )
+        if self.quality_samples < 10:
+            raise UsageError(f"quality samples must be >= 10, got {self.quality_samples}")
+        get(self.recipe)  # an unknown name fails here
+        return self
+
+
+def quantize_export(out_dir, config: Int8Config | None = None, log=None, **settings) -> dict:
+    """Write velocity_int8.onnx, sampler_int8.onnx and quantization.json into ``out_dir`` (which holds the
+    fp32 export) as ``config`` (with ``settings`` replacing its fields) says; returns the summary (also the
+    content of quantization.json). Raises FmEdgeError, writing nothing, when int8 quality falls outside the
+    tolerance."""
     from fm_edge.quantize.ort_int8 import quantize_velocity
     from fm_edge.quantize.recipe import get
-    from fm_edge.runtime import OnnxVelocity
 
     log = log if log is not None else sys.stderr
-    tol = tolerance or Tolerance()
-    recipe = get(recipe)
+    cfg = replace(config or Int8Config(), **settings).check()
     out = Path(out_dir)
     fp32 = out / VELOCITY_FILE
     if not fp32.is_file():
         raise UsageError(
             f"{str(fp32)!r} does not exist: run fm-edge export -o {out} first (it writes the fp32 files)"
         )
-    if quality_samples < 10:
-        raise UsageError(f"quality samples must be >= 10, got {quality_samples}")
     s = export_spec(out)
-    # 1-2. calibration on the exported sampler's own trajectories
-    t0 = time.perf_counter()
-    v32 = OnnxVelocity(fp32, num_threads=num_threads)
-    traj = calibrate.collect(v32, calib_samples, s.solver, s.steps, s.cfg_scale, s.shift, seed)
-    print(
-        f"calibration: {calib_samples} noises x {s.describe()} -> {len(traj)} velocity inputs "
-        f"({time.perf_counter() - t0:.1f} s)",
-        file=log,
-    )
     with tempfile.TemporaryDirectory(prefix="fm_edge_int8_") as tmpd:
-        tmp = Path(tmpd)
-        vq, sq = tmp / VELOCITY_INT8, tmp / SAMPLER_INT8
-        # 3. quantize
-        facts = quantize_velocity(fp32, vq, traj, recipe, log=log)
-        # 4. quality on noises the calibration never saw (before the sampler graph: fail fast)
-        q = quality_report(fp32, vq, s, quality_samples, seed + 1, fd, num_threads)
-        q.pop("_images")
-        failed = check_quality(q, tol)
-        # 5. wrap the int8 velocity graph into sampler_int8.onnx and check the wrapping
+        vq, sq = Path(tmpd) / VELOCITY_INT8, Path(tmpd) / SAMPLER_INT8
+        # 1. calibration on the exported sampler's own trajectories
+        traj = calibrate_on_sampler(fp32, s, cfg, log)
+        # 2. quantize
+        facts = quantize_velocity(fp32, vq, traj, get(cfg.recipe), log=log)
+        # 3. quality on noises the calibration never saw (before the sampler graph: fail fast)
+        q = quality_report(fp32, vq, s, cfg.quality_samples, cfg.seed + 1, cfg.fd, cfg.num_threads)
+        failed = check_quality(q, cfg.tolerance)
         if not failed:
-            smeta = onnx_metadata(out / SAMPLER_FILE) if (out / SAMPLER_FILE).is_file() else {}
-            qv = onnx.load(str(vq))
-            smeta.update(
-                {p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))}
-            )
-            baked = s.sampler_metadata()
-            smeta.update(
-                model="sampler", **{k: baked[k] for k in ("solver", "steps", "shift", "nfe", "cfg_scale")}
-            )
-            onnx.save(build_sampler(qv, s.solver, s.steps, s.shift, smeta), str(sq))
-            checks = validate_sampler(sq, vq, s, seed=seed, num_threads=num_threads)
-            report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
-            require(SAMPLER_INT8, checks)
-        summary = {
-            "format": "fm-edge int8 recipe v1",
-            "method": "onnxruntime static QDQ (quantize_static after quant_pre_process), trajectory calibration",
-            "recipe": facts["recipe"],
-            "calibration": {
-                "method": recipe.calibrate_method,
-                "source": "velocity inputs recorded from the fp32 sampler (CFG doubled batch), every step",
-                **traj.meta,
-                "seeds": [seed],
-                "rows_used": facts["calibration_rows_used"],
-                "labels": sorted(int(v) for v in np.unique(traj.class_labels)),
-            },
-            "sampler": s.to_dict(),
-            "excluded_nodes": facts["excluded_nodes"],
-            "excluded_count": facts["excluded_count"],
-            "int8_fraction": {"weights": facts["weights_int8_fraction"], "macs": facts["macs_int8_fraction"]},
-            "macs_per_image": facts["macs_per_image"],
-            "passes": facts["passes"],
-            "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "fm_edge": __version__},
-            "isa": isa_seen(),
-            "files": {
-                VELOCITY_FILE: {"bytes": fp32.stat().st_size, "sha256": sha256(fp32)},
-                VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": sha256(vq)},
-            },
-            "size_ratio": facts["size_ratio"],
-            "quality": q,
-            "tolerance": {**tol.__dict__, "passed": not failed, "failed": failed},
-        }
-        if sq.is_file():
-            summary["files"][SAMPLER_INT8] = {"bytes": sq.stat().st_size, "sha256": sha256(sq)}
-        if measure_latency and not failed:
-            s32 = OnnxVelocity(fp32, num_threads=num_threads).session
-            s8 = OnnxVelocity(vq, num_threads=num_threads).session
-            summary["latency_ms_per_call"] = {f"batch {b}": paired_latency(s32, s8, b) for b in (2, 128)}
-            summary["latency_note"] = (
-                "indicative: velocity calls at batch 2 and 128 (= sampler batch 1 and 64 with CFG), run "
-                "alternately, median; fm-edge bench is the benchmark"
-            )
+            int8_sampler(out, vq, sq, s, cfg, log)
+        summary = int8_summary(fp32, vq, sq, s, cfg, traj, facts, q, failed)
         print(format_summary(summary), file=log)
         if failed:
             raise FmEdgeError(
                 f"int8 quality is outside the tolerance: {'; '.join(failed)}; no int8 file written"
             )
-        # 5. all three files land, each atomically
-        for name, src in ((VELOCITY_INT8, vq), (SAMPLER_INT8, sq)):
-            with atomic_file(out / name) as dst:
-                dst.write_bytes(src.read_bytes())
-                dst.chmod(0o644)
-        with atomic_file(out / RECIPE_JSON) as dst:
-            dst.write_text(json.dumps(summary, indent=2) + "\n")
+        # 4. all three files land, each atomically
+        write_int8(out, vq, sq, summary)
+    return summary
+
+
+def calibrate_on_sampler(fp32: Path, s: SamplerSpec, cfg: Int8Config, log):
+    """The velocity inputs the fp32 sampler visits from ``cfg.calib_samples`` seeded noises, every step."""
+    from fm_edge.quantize import calibrate
+    from fm_edge.runtime import OnnxVelocity
+
+    t0 = time.perf_counter()
+    v32 = OnnxVelocity(fp32, num_threads=cfg.num_threads)
+    traj = calibrate.collect(v32, cfg.calib_samples, s.solver, s.steps, s.cfg_scale, s.shift, cfg.seed)
+    print(
+        f"calibration: {cfg.calib_samples} noises x {s.describe()} -> {len(traj)} velocity inputs "
+        f"({time.perf_counter() - t0:.1f} s)",
+        file=log,
+    )
+    return traj
+
+
+def int8_sampler(out: Path, vq: Path, sq: Path, s: SamplerSpec, cfg: Int8Config, log) -> None:
+    """sampler_int8.onnx at ``sq``: the int8 velocity graph wrapped like sampler.onnx, checked against the
+    Python loop over the int8 velocity model."""
+    import onnx
+
+    from fm_edge.export.sampler_graph import build_sampler
+    from fm_edge.export.validate import report, require, validate_sampler
+
+    smeta = onnx_metadata(out / SAMPLER_FILE) if (out / SAMPLER_FILE).is_file() else {}
+    qv = onnx.load(str(vq))
+    smeta.update({p.key: p.value for p in qv.metadata_props if p.key.startswith(("int8_", "precision"))})
+    baked = s.sampler_metadata()
+    smeta.update(model="sampler", **{k: baked[k] for k in ("solver", "steps", "shift", "nfe", "cfg_scale")})
+    onnx.save(build_sampler(qv, s.solver, s.steps, s.shift, smeta), str(sq))
+    checks = validate_sampler(sq, vq, s, seed=cfg.seed, num_threads=cfg.num_threads)
+    report(f"validating {SAMPLER_INT8} against the Python sampler over {VELOCITY_INT8}:", checks, log)
+    require(SAMPLER_INT8, checks)
+
+
+def write_int8(out: Path, vq: Path, sq: Path, summary: dict) -> None:
+    """The two int8 files and quantization.json, each atomically."""
+    from fm_edge.atomic import atomic_file
+
+    for name, src in ((VELOCITY_INT8, vq), (SAMPLER_INT8, sq)):
+        with atomic_file(out / name) as dst:
+            dst.write_bytes(src.read_bytes())
             dst.chmod(0o644)
+    with atomic_file(out / RECIPE_JSON) as dst:
+        dst.write_text(json.dumps(summary, indent=2) + "\n")
+        dst.chmod(0o644)
+
+
+def int8_summary(
+    fp32, vq, sq, s: SamplerSpec, cfg: Int8Config, traj, facts: dict, q: dict, failed: list
+) -> dict:
+    """quantization.json: the recipe, the calibration, the quality and (when it passed) the timing."""
+    import onnx
+    import onnxruntime as ort
+
+    from fm_edge import __version__
+    from fm_edge.quantize.cpu import isa_seen
+    from fm_edge.quantize.recipe import get
+    from fm_edge.runtime import OnnxVelocity
+
+    summary = {
+        "format": "fm-edge int8 recipe v1",
+        "method": "onnxruntime static QDQ (quantize_static after quant_pre_process), trajectory calibration",
+        "recipe": facts["recipe"],
+        "calibration": {
+            "method": get(cfg.recipe).calibrate_method,
+            "source": "velocity inputs recorded from the fp32 sampler (CFG doubled batch), every step",
+            **traj.meta,
+            "seeds": [cfg.seed],
+            "rows_used": facts["calibration_rows_used"],
+            "labels": sorted(int(v) for v in np.unique(traj.class_labels)),
+        },
+        "sampler": s.to_dict(),
+        "excluded_nodes": facts["excluded_nodes"],
+        "excluded_count": facts["excluded_count"],
+        "int8_fraction": {"weights": facts["weights_int8_fraction"], "macs": facts["macs_int8_fraction"]},
+        "macs_per_image": facts["macs_per_image"],
+        "passes": facts["passes"],
+        "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "fm_edge": __version__},
+        "isa": isa_seen(),
+        "files": {
+            VELOCITY_FILE: {"bytes": fp32.stat().st_size, "sha256": sha256(fp32)},
+            VELOCITY_INT8: {"bytes": vq.stat().st_size, "sha256": sha256(vq)},
+        },
+        "size_ratio": facts["size_ratio"],
+        "quality": q,
+        "tolerance": {**cfg.tolerance.__dict__, "passed": not failed, "failed": failed},
+    }
+    if sq.is_file():
+        summary["files"][SAMPLER_INT8] = {"bytes": sq.stat().st_size, "sha256": sha256(sq)}
+    if cfg.measure_latency and not failed:
+        s32 = OnnxVelocity(fp32, num_threads=cfg.num_threads).session
+        s8 = OnnxVelocity(vq, num_threads=cfg.num_threads).session
+        summary["latency_ms_per_call"] = {f"batch {b}": paired_latency(s32, s8, b) for b in (2, 128)}
+        summary["latency_note"] = (
+            "indicative: velocity calls at batch 2 and 128 (= sampler batch 1 and 64 with CFG), run "
+            "alternately, median; fm-edge bench is the benchmark"
+        )
     return summary
 
 
@@ -290,59 +341,35 @@ def format_summary(s: dict) -> str:
 
 
 #: below this paired speed-up (at either batch), export --int8 says that int8 does not pay on this CPU
-PAYS = 1.2
-
-
 def int8_verdict(summary: dict) -> str:
-    """One line on whether int8 is faster on the machine that measured it ("" when nothing was timed)."""
+    """One line that says what the timing measured ("" when nothing was timed): a ✓ when int8 was faster
+    than fp32 at every batch, else a warning naming the batches where it was not."""
     lat = summary.get("latency_ms_per_call", {})
     if not lat:
         return ""
-    worst = min(d["speedup"] for d in lat.values())
     cpu = summary.get("isa", {}).get("int8_path", "this CPU")
-    if worst >= PAYS:
-        return f"✓ int8 is x{worst:.2f} or faster per velocity call here ({cpu})"
+    speeds = " / ".join(f"{d['speedup']:.2f}x" for d in lat.values())
+    where = f"velocity calls at {' / '.join(lat)}, {cpu}"
+    slow = [name for name, d in lat.items() if d["speedup"] <= 1.0]
+    if not slow:
+        return f"✓ int8 is {speeds} faster than fp32 here ({where})"
     return (
-        f"warning: int8 does not pay on this CPU ({cpu}): x{worst:.2f} at its worst batch; the int8 files "
-        f"are {summary.get('size_ratio', 0):.2f}x the size, but the fp32 files are as fast or faster here"
+        f"warning: int8 is not faster than fp32 here at {' and '.join(slow)} ({speeds} the fp32 speed; "
+        f"{where}): the fp32 files are the faster choice on this CPU there"
     )
 
 
-def int8_options(args) -> dict:
-    """The ``--int8`` flags as :func:`quantize_export` keywords, checked before any export work starts."""
-    import math
-
-    from fm_edge.quantize.calibrate import MIN_NOISES
-
-    tol = Tolerance(max_fd_increase=float(getattr(args, "tolerance", 0.10)))
-    if not (math.isfinite(tol.max_fd_increase) and tol.max_fd_increase >= 0):
-        raise UsageError(
-            f"--tolerance {tol.max_fd_increase} is not allowed: give the relative FD increase int8 may add, "
-            "a finite number >= 0 (0.10 = 10%)"
-        )
-    if getattr(args, "min_psnr", None) is not None:
-        tol.min_psnr_db = float(args.min_psnr)
-    calib = int(getattr(args, "calib_samples", 64))
-    if calib < MIN_NOISES:
-        raise UsageError(
-            f"--calib-samples {calib} is too small: int8 calibration needs at least {MIN_NOISES} noises "
-            "(one per label 0-10)"
-        )
-    from fm_edge.quantize.recipe import get as get_recipe
-
-    recipe = getattr(args, "int8_recipe", None) or "default"
-    get_recipe(recipe)  # an unknown name fails here, before any export work
+def int8_config(args) -> Int8Config:
+    """The ``--int8`` flags as an :class:`Int8Config`, checked before any export work starts."""
+    recipe = args.int8_recipe
     from fm_edge.model import is_one_step
 
-    if recipe == "default" and is_one_step(getattr(args, "model", None)):
+    if recipe == "default" and is_one_step(args.model):
         recipe = "student"  # a time-free OneStepNet: all in int8 but the label embedding
-    return dict(
-        model_dir=getattr(args, "model", None),
-        calib_samples=calib,
-        seed=int(getattr(args, "seed", 0)),
+    return Int8Config(
+        calib_samples=args.calib_samples,
+        seed=args.seed,
         recipe=recipe,
-        tolerance=tol,
-        quality_samples=int(getattr(args, "quality_samples", None) or 200),
-        fd=bool(getattr(args, "int8_fd", True)),
-        num_threads=getattr(args, "num_threads", None),
-    )
+        tolerance=Tolerance(max_fd_increase=args.tolerance),
+        num_threads=args.num_threads,
+    ).check()
