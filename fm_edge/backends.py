@@ -117,14 +117,18 @@ def torch_backend(
     )
 
 
-def onnx_backend(model_path=None, num_threads: int | None = None, device: str = "cpu") -> Backend:
+def onnx_backend(
+    model_path=None, num_threads: int | None = None, device: str = "cpu", name: str = "onnx"
+) -> Backend:
+    """ONNX Runtime over a velocity .onnx (default: the shipped one), placed by ``device``: the one way every
+    command builds an ORT backend."""
     from fm_edge.artifacts import VELOCITY_FILE, shipped_onnx
     from fm_edge.runtime import OnnxVelocity
 
     providers = ort_providers(device)
     v = OnnxVelocity(model_path or shipped_onnx(VELOCITY_FILE), num_threads=num_threads, providers=providers)
     return Backend(
-        name="onnx",
+        name=name,
         velocity=v,
         sampler=v.sampler,
         info={"model": str(v.path), "device": providers},

@@ -83,7 +83,7 @@ def make_runner(
     device: str = "cpu",
 ):
     """(run(noise, labels, steps) -> uint8 images, size in bytes, fixed steps or None) for one backend."""
-    from fm_edge.backends import Backend, ort_providers, torch_backend
+    from fm_edge.backends import Backend, onnx_backend, ort_providers, torch_backend
     from fm_edge.model import resolve
 
     if name in ("torch-fp32", "torch-compiled", "torchao-int8", "torch-eager", "torch-bf16"):
@@ -113,11 +113,11 @@ def make_runner(
     path = onnx_dir / ONNX_FILES[name]
     if not path.is_file():
         raise UsageError(f"{name}: {str(path)!r} does not exist (run fm-edge export --int8 -o {onnx_dir})")
-    from fm_edge.runtime import OnnxSampler, OnnxVelocity
+    from fm_edge.runtime import OnnxSampler
 
     if name.startswith("ort"):
-        v = OnnxVelocity(path, num_threads=num_threads, providers=ort_providers(device))
-        return _velocity_runner(Backend(name, v, {}), cfg_scale, shift), path.stat().st_size, None
+        b = onnx_backend(path, num_threads, device, name=name)
+        return _velocity_runner(b, cfg_scale, shift), path.stat().st_size, None
     s = OnnxSampler(path, num_threads=num_threads, providers=ort_providers(device))
     if s.solver != "euler":
         raise UsageError(f"{name}: {str(path)!r} bakes in {s.solver}; the bench compares euler samplers")

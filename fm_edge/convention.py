@@ -26,6 +26,13 @@ NUM_CLASSES = 10
 NULL_LABEL = 10
 NUM_CLASS_EMBEDS = NUM_CLASSES + 1
 
+#: The ONNX I/O contract: each file's inputs, in order, with ONNX Runtime's names for their types. The
+#: exporter, the sampler-graph builder, the calibration and the runtime all read these.
+VELOCITY_INPUTS = {"sample": "tensor(float)", "timestep": "tensor(float)", "class_labels": "tensor(int64)"}
+VELOCITY_OUTPUT = "velocity"
+SAMPLER_INPUTS = {"noise": "tensor(float)", "class_labels": "tensor(int64)", "cfg_scale": "tensor(float)"}
+SAMPLER_OUTPUT = "images"
+
 #: The facts an app needs to use a model; stored in the checkpoint config and in ONNX metadata_props.
 CONVENTION = {
     "time_convention": "x_t=(1-t)*x0+t*x1; x0=data, x1=noise; t=1 noise -> t=0 data; velocity=x1-x0",

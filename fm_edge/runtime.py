@@ -18,14 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from fm_edge.convention import T_SCALE, check_labels, check_model_input
+from fm_edge.convention import SAMPLER_INPUTS, T_SCALE, VELOCITY_INPUTS, check_labels, check_model_input
 from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg
 
 #: name -> element type of the inputs each kind of file must have, in order
-VELOCITY_INPUTS = {"sample": "tensor(float)", "timestep": "tensor(float)", "class_labels": "tensor(int64)"}
-SAMPLER_INPUTS = {"noise": "tensor(float)", "class_labels": "tensor(int64)", "cfg_scale": "tensor(float)"}
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -109,19 +109,12 @@ class DemoModels:
 
 
 def _onnx_backend(path: Path, name: str, num_threads: int | None, device: str = "cpu") -> Backend:
-    from fm_edge.backends import ort_providers
-    from fm_edge.runtime import OnnxVelocity
+    from fm_edge.backends import make_noise, onnx_backend
 
-    v = OnnxVelocity(path, num_threads=num_threads, providers=ort_providers(device))
+    b = onnx_backend(path, num_threads, device, name=name)
     # one batch-1 call, so that the first request's latency is not ORT's lazy initialisation
-    x = np.zeros((1, 1, 32, 32), np.float32)
-    v(x, 1.0, np.zeros(1, np.int64))
-    return Backend(
-        name=name,
-        velocity=v,
-        sampler=v.sampler,
-        info={"model": str(path)},
-    )
+    b.velocity(make_noise(1, 0), 1.0, np.zeros(1, np.int64))
+    return b
 
 
 def _default_checkpoint(folder: Path) -> Path:

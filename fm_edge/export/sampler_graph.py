@@ -25,15 +25,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from fm_edge.convention import IMAGE_SIZE, MODEL_SIZE, NULL_LABEL, PAD, T_SCALE
+from fm_edge.convention import (
+    IMAGE_SIZE,
+    MODEL_SIZE,
+    NULL_LABEL,
+    PAD,
+    SAMPLER_INPUTS,
+    SAMPLER_OUTPUT,
+    T_SCALE,
+    VELOCITY_INPUTS,
+)
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_solver, time_grid
 
 DOMAIN = "fm_edge"
 FUNCTION = "velocity"
-VELOCITY_INPUTS = ("sample", "timestep", "class_labels")
-INPUTS = ("noise", "class_labels", "cfg_scale")
-OUTPUT = "images"
+INPUTS = tuple(SAMPLER_INPUTS)
+OUTPUT = SAMPLER_OUTPUT
 GUIDANCE = ("cfg", "distilled")
 
 
@@ -49,7 +57,7 @@ def velocity_function(velocity):
     graph = velocity.graph
     init_names = {t.name for t in graph.initializer}
     inputs = [i.name for i in graph.input if i.name not in init_names]
-    if tuple(inputs) != VELOCITY_INPUTS or len(graph.output) != 1:
+    if tuple(inputs) != tuple(VELOCITY_INPUTS) or len(graph.output) != 1:
         raise UsageError(
             f"velocity model has inputs {inputs} and {len(graph.output)} outputs; "
             f"expected inputs {list(VELOCITY_INPUTS)} and one output"
@@ -151,7 +159,8 @@ def build_sampler(
     def axpy(x: str, a: float, k: str) -> str:  # x - a * k, as numpy computes x - a * k with a python float
         return b.op("Sub", x, b.op("Mul", b.const(a), k), hint="x")
 
-    # 2. the solver, unrolled over the fixed time grid (mirrors fm_edge.solvers.sample)
+    # 2. the solver, unrolled over the fixed time grid: a copy of fm_edge.solvers.sample's steps, held to it
+    #    by tests/test_solvers.py on a known velocity field (change both together)
     ts = time_grid(steps, shift)
     x = "noise"
     for i in range(steps):

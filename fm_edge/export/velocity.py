@@ -13,11 +13,11 @@ from __future__ import annotations
 import io
 import warnings
 
-from fm_edge.convention import MODEL_SIZE
+from fm_edge.convention import MODEL_SIZE, VELOCITY_INPUTS, VELOCITY_OUTPUT
 from fm_edge.errors import UsageError
 
-INPUTS = ("sample", "timestep", "class_labels")
-OUTPUT = "velocity"
+INPUTS = tuple(VELOCITY_INPUTS)
+OUTPUT = VELOCITY_OUTPUT
 OPSETS = range(17, 21)  # opset 21 brings GroupNormalization-21, which ORT's CPU provider may lack
 EXPORT_BATCH = 2  # traced batch; validation runs at other sizes to prove the batch axis is dynamic
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fm_edge.backends import make_noise
-from fm_edge.convention import NULL_LABEL, T_SCALE
+from fm_edge.convention import NULL_LABEL, T_SCALE, VELOCITY_INPUTS
 from fm_edge.errors import UsageError
 from fm_edge.solvers import check_solver, nfe, sample
 
 #: One noise per label 0-10 at least; fewer cannot cover every class, and ranges from so few are noise.
 MIN_NOISES = NULL_LABEL + 1
-INPUT_NAMES = ("sample", "timestep", "class_labels")
+INPUT_NAMES = tuple(VELOCITY_INPUTS)
 
 
 @dataclass
