@@ -243,10 +243,10 @@ class FmEdgePipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             xin = torch.cat([x, x]) if guided else x
             v = self.unet(xin, t.to(torch.float32).expand(len(xin)), class_labels=y).sample
-            if guided:
+            if guided:  # a copy of fm_edge.solvers.guided (change both together)
                 vc, vu = v.chunk(2)
                 v = vu + scale * (vc - vu)
-            x = self.scheduler.step(v, t, x).prev_sample
+            x = self.scheduler.step(v, t, x).prev_sample  # Euler, as fm_edge.solvers.sample
         self.maybe_free_model_hooks()
 
         if output_type == "latent":

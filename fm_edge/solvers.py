@@ -9,6 +9,11 @@ marginal velocity blows up like 1/t. So heun's final step, the one that ends at 
 rk4's is a midpoint step: their first stages, without the ones at t=0. This follows EDM's Heun sampler
 (Karras et al. 2022). Evaluating at t=0 made heun useless at few steps: FD 1260 against 48.5 with the
 Euler final step at 2 steps, and 287 against 16.4 at 4 steps (shipped checkpoint, 500 digits).
+
+The same steps and guidance are written out twice more, where a Python loop cannot run: unrolled into the
+ONNX graph by :func:`fm_edge.export.sampler_graph.build_sampler`, and (Euler only) through diffusers'
+scheduler in :mod:`fm_edge.diffusers_pipeline`. A change here must be made there too; the tests hold them
+together (test_solvers: loop and graph on a known velocity field; test_diffusers_pipeline: pipeline and loop).
 """
 
 from __future__ import annotations

@@ -119,3 +119,77 @@ def test_bad_solver_arguments(solver, steps, match):
 def test_bad_cfg_scale(scale):
     with pytest.raises(UsageError, match="cfg scale"):
         guided(lambda x, t, y: x, scale)
+
+
+# --- the three copies of the solver and CFG math agree ---------------------------------------------------
+# solvers.sample (numpy/torch loop), export/sampler_graph.build_sampler (the unrolled ONNX graph) and
+# diffusers_pipeline (Euler through diffusers' scheduler) each write the steps out. This test holds the
+# first two to one analytic velocity field with a label term (so CFG changes the result), every solver and
+# two shifts; test_diffusers_pipeline holds the pipeline to the loop.
+
+
+def _field_onnx(a: float = 0.3, b: float = 0.01):
+    """velocity(sample, timestep, class_labels) = a * sample * timestep / 1000 + b * label, as an ONNX model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fm_edge.convention import T_SCALE
+
+    def const(name, value):
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+        )
+
+    nodes = [
+        const("ka", a / T_SCALE),
+        const("kb", b),
+        helper.make_node(
+            "Constant", [], ["shape"], value=helper.make_tensor("s", TensorProto.INT64, [4], [-1, 1, 1, 1])
+        ),
+        helper.make_node("Reshape", ["timestep", "shape"], ["t4"]),
+        helper.make_node("Cast", ["class_labels"], ["yf"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["yf", "shape"], ["y4"]),
+        helper.make_node("Mul", ["sample", "t4"], ["xt"]),
+        helper.make_node("Mul", ["xt", "ka"], ["ax"]),
+        helper.make_node("Mul", ["y4", "kb"], ["by"]),
+        helper.make_node("Add", ["ax", "by"], ["velocity"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "field",
+        [
+            helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["b", 1, 32, 32]),
+            helper.make_tensor_value_info("timestep", TensorProto.FLOAT, ["b"]),
+            helper.make_tensor_value_info("class_labels", TensorProto.INT64, ["b"]),
+        ],
+        [helper.make_tensor_value_info("velocity", TensorProto.FLOAT, ["b", 1, 32, 32])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+
+    def field(x, t, y):
+        return a * x * np.float32(t) + b * np.asarray(y, np.float32).reshape(-1, 1, 1, 1)
+
+    return model, field
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "heun", "rk4"])
+@pytest.mark.parametrize("shift", [1.0, 2.0])
+def test_loop_and_sampler_graph_agree_on_a_known_field(solver, shift, tmp_path):
+    import onnx
+
+    from fm_edge.convention import decode_uint8
+    from fm_edge.export.sampler_graph import build_sampler
+    from fm_edge.runtime import OnnxSampler
+
+    model, field = _field_onnx()
+    path = tmp_path / "sampler.onnx"
+    onnx.save(build_sampler(model, solver, 3, shift, {}), str(path))
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal((6, 1, 32, 32)) * 0.5).astype(np.float32)
+    labels = np.arange(6, dtype=np.int64) + 3
+    for cfg in (1.0, 2.5):
+        want = decode_uint8(sample(field, noise, labels, 3, solver, cfg, shift))
+        got = OnnxSampler(path, num_threads=1)(noise, labels, cfg)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (solver, shift, cfg)
