@@ -1,4 +1,4 @@
-"""The bad-input suite (issue 6): every case is a real CLI call with one bad value.
+"""The bad-input suite: every case is a real CLI call with one bad value.
 
 Each case must give exactly one ``fm-edge CMD: error: ...`` line naming the bad value, the documented exit
 code (2 for usage, 1 for failed work), no traceback, and must leave every file in the workspace (good

@@ -1,4 +1,4 @@
-"""Fuzzing the input checks of the public sampling API with hypothesis (issue 6).
+"""Fuzzing the input checks of the public sampling API with hypothesis.
 
 Two properties per entry point (``OnnxSampler``, ``OnnxVelocity``, ``fm_edge.backends.generate``):
 

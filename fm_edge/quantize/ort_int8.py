@@ -27,7 +27,8 @@ from fm_edge.quantize import graph as G
 from fm_edge.quantize.calibrate import INPUT_NAMES, MIN_NOISES, Trajectories, reader
 from fm_edge.quantize.recipe import Recipe, get
 
-OPSETS = range(13, 21)  # QDQ per-axis needs 13; 21+ brings GroupNormalization-21 (see DESIGN.md)
+# QDQ per-axis needs opset 13; 21+ brings GroupNormalization-21, which ORT's CPU provider may lack
+OPSETS = range(13, 21)
 #: calibration rows (velocity-net inputs) below which ranges are not meaningful
 MIN_ROWS = 2 * MIN_NOISES
 #: ORT's calibrator holds every intermediate tensor of every row until it computes the ranges (~3 MB a row

@@ -18,7 +18,7 @@ behind each choice, including the variants that did not pay, are in ``docs/int8_
 - after quantization, Shapes read the quantized tensors directly (no full-tensor DQ just to read a shape),
   and tensors get short names (the file is 0.32x of fp32 instead of 0.38x).
 
-On a CPU with VNNI/AMX (Intel Xeon, issue 12) the int8 convs gain ~3x, so width decides: see
+On a CPU with VNNI/AMX (an Intel Xeon) the int8 convs gain ~3x, so width decides: see
 ``scripts/int8_speed.py`` and the 2026-11-30 section of the findings. ``"vnni"`` is the recipe measured
 there: 8-bit weights (VNNI's ``vpdpbusd`` accumulates in int32, so nothing saturates) and the ResNets'
 time-embedding adds kept in float (role ``conditioning_add``: their output feeds only the float GroupNorm).
