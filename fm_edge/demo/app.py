@@ -58,7 +58,7 @@ def _stats_markdown(models: DemoModels, result, req, heat_top: int) -> str:
         )
     seed = f"seed {req.seed}" + (" (randomized)" if req.randomized else "")
     lines.append(
-        f"\n{req.num_samples} digits · {req.solver} × {req.steps} steps = NFE {result.nfe} · "
+        f"\n{req.num_samples} digits · {req.solver} × {req.steps} step{'' if req.steps == 1 else 's'} = NFE {result.nfe} · "
         f"CFG {req.cfg_scale:g} · {seed} · heat map: brightest = {heat_top} grey levels"
     )
     if models.student is not None:
