@@ -37,3 +37,24 @@ def test_bench_rows_quality_and_artifacts(tiny_ckpt, tiny_onnx, tmp_path, capsys
         a, b = rows[("torch-fp32", 1, nfe)], rows[("ort-fp32", 1, nfe)]
         assert np.isclose(a["fd"], b["fd"], rtol=0.02) and a["label_accuracy"] == b["label_accuracy"]
     assert "| torch-fp32 | 3 | 2 |" in stdout and stdout.rstrip().endswith(str(out / "bench.json"))
+
+
+def test_sampler_runner_runs_the_whole_sampler_graph_at_its_baked_steps(tiny_ckpt, tmp_path):
+    """The sampler-fp32 runner on a tiny Euler export: the fixed step count, the file size, and the digits of
+    the Python loop over the same ORT velocity model from the same noise."""
+    import io
+
+    from fm_edge.backends import generate, make_noise, onnx_backend
+    from fm_edge.bench import make_runner
+    from fm_edge.export.command import export
+    from fm_edge.sampler_spec import SamplerSpec
+
+    out = tmp_path / "onnx"
+    export(tiny_ckpt, out, solver="euler", steps=2, num_threads=1, log=io.StringIO())
+    run, size, steps = make_runner("sampler-fp32", tiny_ckpt, out, 1, cfg_scale=1.5, shift=1.0)
+    assert steps == 2 and size == (out / "sampler.onnx").stat().st_size
+    noise, labels = make_noise(5, 3), np.arange(5, dtype=np.int64)
+    images = run(noise, labels, steps)
+    want = generate(onnx_backend(out / "velocity.onnx", 1), labels, SamplerSpec("euler", 2, 1.5), noise=noise)
+    assert images.shape == (5, 28, 28) and images.dtype == np.uint8
+    assert np.abs(images.astype(int) - want.astype(int)).max() <= 1

@@ -55,3 +55,47 @@ def test_sample_and_bench_on_cuda(tiny_ckpt, tmp_path, capsys):
     assert main(argv) == 0
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     assert len(rows) == 2 and all(0 < r["peak_gpu_mb"] < 10 * 1024 for r in rows)
+
+
+@cuda
+def test_train_with_fused_adamw_bf16_and_channels_last(tmp_path, tiny_data):
+    from fm_edge.model import load
+    from fm_edge.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        output_dir=str(tmp_path), preset="tiny", data=tiny_data, batch_size=16, warmup_steps=2, max_steps=6,
+        checkpoint_every=2, log_every=4, lr_schedule="linear", bf16=True, channels_last=True,
+    )  # fmt: skip
+    final = train(cfg, progress=False)
+    state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
+    assert [s for s, _ in state["losses"]] == [1, 2, 3, 4, 5, 6]
+    load(final)
+
+
+@cuda
+def test_distill_on_cuda(tiny_ckpt, tmp_path):
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.distill import DistillConfig, distill
+
+    cfg = DistillConfig(
+        teacher=str(tiny_ckpt), output_dir=str(tmp_path), method="pairs", cfg_scale=1.5, pairs=24, batch_size=8,
+        max_steps=4, checkpoint_every=2, device="cuda", bf16=True,
+    )  # fmt: skip
+    folder = distill(cfg, progress=False)
+    assert json.loads((folder / FM_CONFIG).read_text())["sampler"]["guidance"] == "distilled"
+
+
+@cuda
+def test_diffusers_pipeline_follows_the_unet_to_cuda(tiny_ckpt):
+    from fm_edge.diffusers_pipeline import FmEdgePipeline
+
+    sampler = {"solver": "euler", "steps": 3, "cfg_scale": 1.5, "shift": 1.0}
+    pipe = FmEdgePipeline.from_fm_edge_checkpoint(tiny_ckpt, sampler=sampler)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.from_numpy(make_noise(2, seed=5))
+    cpu = pipe([3, 7], latents=noise, output_type="latent").images
+    pipe.to("cuda")
+    gpu = pipe([3, 7], latents=noise, output_type="latent").images
+    gen = pipe([3, 7], generator=torch.Generator("cuda").manual_seed(0), output_type="latent").images
+    assert gpu.device.type == "cuda" and gen.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=0)

@@ -258,12 +258,6 @@ def test_resume_with_other_settings_is_refused(student, tiny_ckpt):
         distill(cfg(student.parent, tiny_ckpt, student_steps=2), resume="latest", progress=False)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_distill_on_cuda(tiny_ckpt, tmp_path):
-    folder = distill(cfg(tmp_path, tiny_ckpt, device="cuda", bf16=True), progress=False)
-    assert json.loads((folder / FM_CONFIG).read_text())["sampler"]["guidance"] == "distilled"
-
-
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny_ckpt, tmp_path, monkeypatch):
     import fm_edge.distill as d
 

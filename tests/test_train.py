@@ -369,18 +369,6 @@ def test_edge_preset_is_attention_free():
     assert out.sample.shape == (2, 1, 32, 32)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_with_fused_adamw_bf16_and_channels_last(tmp_path, tiny_data):
-    final = train(
-        cfg(tmp_path, tiny_data, bf16=True, channels_last=True, lr_schedule="linear", log_every=4),
-        progress=False,
-    )
-    state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
-    assert [s for s, _ in state["losses"]] == [1, 2, 3, 4, 5, 6]
-    load(final)
-
-
 def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
     """scripts/gpu_plan.py (used by scripts/train_gpu.sh) reads the probe's last two checkpoints."""
     import importlib.util
