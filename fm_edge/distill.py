@@ -553,8 +553,7 @@ def _round_teacher(out: Path, r: int, step: int, cfg, n_rounds: int, model, ema,
 
 def add_arguments(p) -> None:
     """``fm-edge distill``'s flags."""
-    from fm_edge.flags import device_flag, seed_and_threads
-    from fm_edge.loop import LR_SCHEDULES
+    from fm_edge.flags import device_flag, lr_schedule_flag, seed_and_threads
 
     p.add_argument("--teacher", default=None, help="teacher checkpoint folder (default: the shipped one)")
     p.add_argument(
@@ -587,12 +586,7 @@ def add_arguments(p) -> None:
         choices=TEACHER_SOLVERS,
         help="teacher ODE solver (default: the teacher's; progressive: euler only)",
     )
-    p.add_argument(
-        "--lr-schedule",
-        default="constant",
-        choices=LR_SCHEDULES,
-        help="constant, or a decay to 0 (progressive: within each round)",
-    )
+    lr_schedule_flag(p, "constant, or a decay to 0 (progressive: within each round)")
     p.add_argument("--batch-size", type=int, default=64, help="student rows per step")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (peak, with --lr-schedule)")
     p.add_argument("--max-steps", type=int, default=1000, help="student training steps")

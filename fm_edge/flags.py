@@ -58,6 +58,12 @@ def sampler_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps", what:
     )  # fmt: skip
 
 
+def lr_schedule_flag(p: argparse.ArgumentParser, what: str) -> None:
+    from fm_edge.loop import LR_SCHEDULES
+
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help=what)
+
+
 def config_from_args(cls, args: argparse.Namespace):
     """A config dataclass filled from the parsed flags of the same names (the rest keep their defaults)."""
     import dataclasses
