@@ -312,10 +312,16 @@ def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_
             context.set_offline(True)
             page.reload()
             _wait_ready(page)
-            offline = page.evaluate(GENERATE, {"labels": [7], "noise": noise[:1].ravel().tolist()})
+            offline = page.evaluate(
+                GENERATE, {"labels": labels[:1].tolist(), "noise": noise[:1].ravel().tolist()}
+            )
             browser.close()
     finally:
         server.shutdown()
+    for name in ("fp32", "int8"):
+        times = sorted(next(r["ms"] for r in run if r["name"] == name) / BATCH for run in runs[1:])
+        print(f"\nfm-edge web, {name}, batch {BATCH}: {times[len(times) // 2]:.2f} ms per digit "
+              f"(median of {len(times)}; {runtime.strip()})")  # fmt: skip
     assert not errors, errors
     models = {k: site / v for k, v in info["models"].items()}
     py = {k: python_digits(m, noise, labels) for k, m in models.items()}
@@ -332,7 +338,3 @@ def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_
     )
     assert not_sampler.startswith("That file is not an fm-edge sampler.onnx") and columns == 2
     assert np.abs(np.array(offline[0]["images"], int) - py["fp32"][:1].ravel().astype(int)).max() <= 1
-    for name in ("fp32", "int8"):
-        times = sorted(next(r["ms"] for r in run if r["name"] == name) / BATCH for run in runs[1:])
-        print(f"\nfm-edge web, {name}, batch {BATCH}: {times[len(times) // 2]:.2f} ms per digit "
-              f"(median of {len(times)}; {runtime.strip()})")  # fmt: skip
