@@ -28,12 +28,14 @@ def onnx_dir(tiny_ckpt, tmp_path_factory):
     from fm_edge.export.sampler_graph import build_sampler
     from fm_edge.export.velocity import export_velocity
     from fm_edge.model import load
+    from fm_edge.sampler_spec import checkpoint_spec
 
     out = tmp_path_factory.mktemp("onnx")
     model, fm = load(tiny_ckpt)
     v = export_velocity(model, 17, velocity_metadata(tiny_ckpt, fm))
     onnx.save(v, out / "velocity.onnx")
-    meta = sampler_metadata(tiny_ckpt, fm, SOLVER, STEPS, 1.0)
+    spec = checkpoint_spec(fm).override(steps=STEPS, solver=SOLVER, shift=1.0)
+    meta = sampler_metadata(tiny_ckpt, fm, spec)
     onnx.save(build_sampler(v, SOLVER, STEPS, 1.0, meta), out / "sampler.onnx")
     return out
 
