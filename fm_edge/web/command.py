@@ -37,8 +37,6 @@ PAGE_FILES = ("index.html", "app.js", "fm-edge-sampler.js", "sw.js")
 MAX_COUNT = 64
 #: the issue's bound on the whole site (the WebGPU build alone is about 17 MB)
 SITE_BUDGET_BYTES = 35_000_000
-#: sampler.onnx inputs -> ONNX element type (1 float, 7 int64)
-SAMPLER_INPUTS = {"noise": 1, "class_labels": 7, "cfg_scale": 1}
 HEADERS = """/*
   Cross-Origin-Opener-Policy: same-origin
   Cross-Origin-Embedder-Policy: require-corp
@@ -75,6 +73,8 @@ def check_sampler(path: str | os.PathLike, flag: str) -> dict[str, str]:
     """The metadata of an fm-edge ``sampler.onnx``; a UsageError naming ``flag`` for anything else."""
     import onnx
 
+    from fm_edge.convention import SAMPLER_INPUTS
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{flag} {str(path)!r} is not a file: pass a sampler.onnx written by fm-edge export")
@@ -82,7 +82,8 @@ def check_sampler(path: str | os.PathLike, flag: str) -> dict[str, str]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # DecodeError and friends
         raise UsageError(f"{flag} {str(path)!r} is not an ONNX file: pass an fm-edge sampler.onnx") from None
-    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    name = onnx.TensorProto.DataType.Name
+    inputs = {i.name: f"tensor({name(i.type.tensor_type.elem_type).lower()})" for i in model.graph.input}
     meta = {p.key: p.value for p in model.metadata_props}
     if inputs != SAMPLER_INPUTS or meta.get("model") != "sampler":
         raise UsageError(
