@@ -121,7 +121,9 @@ def class_name(folder: str | os.PathLike) -> str:
     try:
         name = json.loads(path.read_text()).get("_class_name", "UNet2DModel")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise FmEdgeError(f"{path} is not a valid diffusers config: {exc}") from None
+        raise FmEdgeError(
+            f"checkpoint {str(folder)!r} could not be loaded: config.json is not a valid diffusers config ({exc})"
+        ) from None
     return str(name)
 
 
