@@ -24,6 +24,18 @@ def _where(folder: Path) -> str:
         return "path/to/this/folder"
 
 
+def _what(folder: Path) -> str:
+    """One sentence on the model class named in config.json."""
+    from fm_edge.model import ONE_STEP_CLASS, class_name
+
+    if (Path(folder) / "config.json").is_file() and class_name(folder) == ONE_STEP_CLASS:
+        return (
+            "A class-conditional, time-free `OneStepNet` (fm_edge.student_net: a norm-free conv-ReLU net built"
+            " for int8) that maps noise to a digit in one network evaluation, distilled from a teacher sampler."
+        )
+    return "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective."
+
+
 def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
     """Render README.md for a checkpoint from its fm_edge config and (optionally) measured quality."""
     tr = config.get("training", {})
@@ -40,7 +52,7 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "",
         f"# fm-edge {config.get('preset', '?')} MNIST flow-matching UNet",
         "",
-        "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
+        _what(folder),
         "These are the EMA weights.",
         "",
         "## Convention",
