@@ -141,6 +141,9 @@ def plot(rows: list, n: int, path: Path) -> None:
     ax.set_xlabel("student images seen (thousands)")
     ax.set_ylabel(f"FD / real-data floor (n={n})")
     ax.set_yscale("log")
+    from fm_edge.bench import plain_log_ticks
+
+    plain_log_ticks(ax.yaxis)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

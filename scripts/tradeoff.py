@@ -94,7 +94,7 @@ def plot(out: dict, path: Path) -> None:
             ax.scatter(r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"], s=50)
             ax.annotate(r["name"], (r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"]), fontsize=8,
                         xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        ax.set(xscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
+        ax.set(xscale="log", yscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
                ylabel="FD / FD of real digits (lower is better)", title=f"batch {b}")  # fmt: skip
         ax.grid(alpha=0.3)
         plain_log_ticks(ax.xaxis)
