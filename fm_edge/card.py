@@ -26,9 +26,9 @@ def _where(folder: Path) -> str:
 
 def _what(folder: Path) -> str:
     """One sentence on the model class named in config.json."""
-    from fm_edge.model import ONE_STEP_CLASS, class_name
-
-    if (Path(folder) / "config.json").is_file() and class_name(folder) == ONE_STEP_CLASS:
+    cfg = Path(folder) / "config.json"
+    name = json.loads(cfg.read_text()).get("_class_name") if cfg.is_file() else None
+    if name == "OneStepNet":
         return (
             "A class-conditional, time-free `OneStepNet` (fm_edge.student_net: a norm-free conv-ReLU net built"
             " for int8) that maps noise to a digit in one network evaluation, distilled from a teacher sampler."

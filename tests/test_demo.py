@@ -461,6 +461,6 @@ def test_student_column_samples_the_same_noise_in_one_evaluation(demo_onnx, tiny
     assert backends["one-step student"]["network_evals_per_image"] == 1
     assert backends["ONNX fp32"]["network_evals_per_image"] == 4  # 2 Euler steps x CFG
     assert "one-step student" not in " ".join(metrics["diffs"])  # another model: no quantization diff
-    assert "1 network evaluation(s) per digit" in out[4]
+    assert "1 network evaluation per digit" in out[4]
     with pytest.raises(UsageError, match="not a distilled model"):  # the teacher itself is no student
         load_models(demo_onnx, reference=False, student=demo_onnx, num_threads=1)
