@@ -258,7 +258,8 @@ def round_at(step: int, cfg: DistillConfig, n_rounds: int) -> int:
 
 
 def round_start(r: int, cfg: DistillConfig, n_rounds: int) -> int:
-    return next(s for s in range(cfg.max_steps + 1) if round_at(s, cfg, n_rounds) >= r)
+    """The first step of round r (0 <= r <= n_rounds; round_start(n_rounds) is max_steps, the end)."""
+    return -(-r * cfg.max_steps // n_rounds)
 
 
 def progressive_batch(prev, grid: list[float], x1, labels):
@@ -394,8 +395,7 @@ class Progressive(Method):
 
         cfg, n = self.cfg, self.n_rounds
         r = round_at(step, cfg, n)
-        start = round_start(r, cfg, n)
-        end = round_start(r + 1, cfg, n) if r + 1 < n else cfg.max_steps
+        start, end = round_start(r, cfg, n), round_start(r + 1, cfg, n)
         return lr_factor(step - start, end - start, 0, cfg.lr_schedule)
 
     def loss(self, step: int, gen) -> tuple:
