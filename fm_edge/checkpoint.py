@@ -89,6 +89,15 @@ def save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, ke
     return final
 
 
+def named_ema_weights(ema_file: Path, model) -> dict:
+    """A checkpoint's ``ema.safetensors`` (``shadow.i`` in parameter order) under the model's parameter names,
+    ready for ``model.load_state_dict`` or a ``save_pretrained``-style weights file."""
+    from safetensors.torch import load_file
+
+    shadow = load_file(ema_file)
+    return {name: shadow[f"shadow.{i}"] for i, (name, _) in enumerate(model.named_parameters())}
+
+
 def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     """Load a checkpoint folder into model, EMA and optimizer; its state.json."""
     from safetensors.torch import load_file

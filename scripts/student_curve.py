@@ -57,15 +57,11 @@ def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: 
 
 
 def ema_weights(path: Path, teacher: Path) -> dict:
-    """EMAModel's ``shadow.i`` tensors under the UNet's parameter names (same order as parameters())."""
-    from safetensors.torch import load_file
-
+    """The EMA weights of a copied ``ema.safetensors`` under the teacher UNet's parameter names."""
+    from fm_edge.checkpoint import named_ema_weights
     from fm_edge.model import load
 
-    model, _ = load(teacher, device="cpu")
-    shadow = load_file(path)
-    names = [n for n, _ in model.named_parameters()]
-    return {n: shadow[f"shadow.{i}"] for i, n in enumerate(names)}
+    return named_ema_weights(path, load(teacher, device="cpu")[0])
 
 
 def score(folder: Path, steps: int, n: int, threads: int) -> dict:
