@@ -1,8 +1,8 @@
 """Training state on disk: ``checkpoint-<step>/`` folders, shared by train and distill.
 
 A checkpoint holds only safetensors and JSON: the weights, the EMA weights, the optimizer moments (tensors in
-``optimizer.safetensors``, its settings as JSON metadata) and ``state.json`` (step, loss log, anything the run
-keeps). It is written to a hidden temporary folder and renamed into place, so a run killed at any moment
+``optimizer.safetensors``, its settings as JSON metadata), ``state.json`` (step, loss log, anything the run
+keeps) and any extra modules or optimizers the run trains beside the model (``<name>.safetensors``). It is written to a hidden temporary folder and renamed into place, so a run killed at any moment
 (SIGKILL included) resumes from its last complete checkpoint, losing at most one interval.
 """
 
@@ -48,15 +48,15 @@ def optimizer_tensors(sd: dict) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def optimizer_state(path: Path) -> dict:
-    """The optimizer state_dict from optimizer.safetensors (or a legacy optimizer.pt, weights only)."""
+def optimizer_state(path: Path, name: str = "optimizer") -> dict:
+    """An optimizer state_dict from ``<name>.safetensors`` (or a legacy optimizer.pt, weights only)."""
     import torch
     from safetensors import safe_open
 
-    if not (path / "optimizer.safetensors").is_file() and (path / "optimizer.pt").is_file():
-        return torch.load(path / "optimizer.pt", weights_only=True)
+    if not (path / f"{name}.safetensors").is_file() and (path / f"{name}.pt").is_file():
+        return torch.load(path / f"{name}.pt", weights_only=True)
     state: dict = {}
-    with safe_open(str(path / "optimizer.safetensors"), framework="pt") as f:
+    with safe_open(str(path / f"{name}.safetensors"), framework="pt") as f:
         meta = f.metadata()
         for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
             _, pid, key = name.split(".", 2)
@@ -71,8 +71,17 @@ def optimizer_state(path: Path) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, keep: int) -> Path:
-    """Write ``out/checkpoint-<step>/`` atomically and keep only the newest ``keep`` checkpoints."""
+def _is_optimizer(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.optim.Optimizer)
+
+
+def save_checkpoint(
+    out: Path, step: int, model, ema, optimizer, state: dict, keep: int, extras: dict | None = None
+) -> Path:
+    """Write ``out/checkpoint-<step>/`` atomically and keep only the newest ``keep`` checkpoints; ``extras``
+    maps a file name to a module or optimizer that the run trains beside the model."""
     from safetensors.torch import save_file
 
     final = out / f"checkpoint-{step}"
@@ -82,6 +91,12 @@ def save_checkpoint(out: Path, step: int, model, ema, optimizer, state: dict, ke
         save_file(ema_sd, tmp / "ema.safetensors")
         tensors, meta = optimizer_tensors(optimizer.state_dict())
         save_file(tensors, tmp / "optimizer.safetensors", metadata=meta)
+        for name, obj in (extras or {}).items():
+            if _is_optimizer(obj):
+                tensors, meta = optimizer_tensors(obj.state_dict())
+            else:
+                tensors, meta = {k: v.detach().contiguous() for k, v in obj.state_dict().items()}, None
+            save_file(tensors, tmp / f"{name}.safetensors", metadata=meta)
         state = dict(state, ema_optimization_step=ema.optimization_step)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     for _, p in checkpoints(out)[:-keep]:
@@ -98,8 +113,8 @@ def named_ema_weights(ema_file: Path, model) -> dict:
     return {name: shadow[f"shadow.{i}"] for i, (name, _) in enumerate(model.named_parameters())}
 
 
-def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
-    """Load a checkpoint folder into model, EMA and optimizer; its state.json."""
+def load_checkpoint(path: Path, model, ema, optimizer, extras: dict | None = None) -> dict:
+    """Load a checkpoint folder into model, EMA, optimizer and ``extras`` (as saved); its state.json."""
     from safetensors.torch import load_file
 
     try:
@@ -108,6 +123,11 @@ def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
         for i, p in enumerate(ema.shadow_params):
             p.data.copy_(shadow[f"shadow.{i}"])
         optimizer.load_state_dict(optimizer_state(path))
+        for name, obj in (extras or {}).items():
+            if _is_optimizer(obj):
+                obj.load_state_dict(optimizer_state(path, name))
+            else:
+                obj.load_state_dict(load_file(path / f"{name}.safetensors"))
         state = json.loads((path / "state.json").read_text())
     except Exception as exc:
         raise FmEdgeError(f"checkpoint {str(path)!r} could not be resumed: {exc}") from None
@@ -115,7 +135,9 @@ def load_checkpoint(path: Path, model, ema, optimizer) -> dict:
     return state
 
 
-def resume_checkpoint(out: Path, resume: str, model, ema, optimizer, log=print) -> dict | None:
+def resume_checkpoint(
+    out: Path, resume: str, model, ema, optimizer, log=print, extras: dict | None = None
+) -> dict | None:
     """Load ``--resume`` ('latest' or a checkpoint folder) into model, EMA and optimizer: its saved state, or
     None when 'latest' finds no checkpoint yet (the run then starts from step 0)."""
     path = latest_checkpoint(out) if resume == "latest" else Path(resume)
@@ -124,6 +146,6 @@ def resume_checkpoint(out: Path, resume: str, model, ema, optimizer, log=print) 
         return None
     if not (path / "state.json").is_file():
         raise UsageError(f"--resume {resume!r}: {str(path)!r} is not a complete checkpoint folder")
-    state = load_checkpoint(path, model, ema, optimizer)
+    state = load_checkpoint(path, model, ema, optimizer, extras)
     log(f"resumed from {path} at step {state['step']}", file=sys.stderr)
     return state

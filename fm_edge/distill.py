@@ -15,6 +15,10 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
 - ``regress``: a fresh time-free :class:`fm_edge.student_net.OneStepNet` (``student_arch``) learns the
   teacher sampler's map from noise x1 to its digit x0_T on the cached pairs (target x1 - x0_T at t=1). The
   teacher may itself be a distilled few-step student; its baked-in guidance carries over.
+- ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing one-step
+  student (``init``: a UNet or a OneStepNet) keeps regressing onto the cached teacher pairs while a small
+  conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its digits from
+  fresh noise; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred.
 
 Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
 (seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
@@ -50,6 +54,9 @@ class DistillConfig:
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
     student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
+    init: str | None = None  # adversarial: the one-step student to start from
+    data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
+    adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -72,13 +79,18 @@ class DistillConfig:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.student_steps not in (1, 2):
             raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
+        if self.method in ("regress", "adversarial") and self.student_steps != 1:
+            raise UsageError(
+                f"--method {self.method} trains a one-step student: --student-steps 1, not {self.student_steps}"
+            )
+        if self.method == "adversarial":
+            if self.init is None:
+                raise UsageError("--method adversarial starts from a one-step student: pass --init DIR")
+            if not (self.adv_weight >= 0 and math.isfinite(self.adv_weight)):
+                raise UsageError(f"--adv-weight must be a finite number >= 0, got {self.adv_weight}")
         if self.method == "regress":
             from fm_edge.student_net import ARCHS
 
-            if self.student_steps != 1:
-                raise UsageError(
-                    f"--method regress trains a one-step student: --student-steps 1, not {self.student_steps}"
-                )
             if self.student_arch not in ARCHS:
                 raise UsageError(
                     f"unknown --student-arch {self.student_arch!r}: choose one of {', '.join(ARCHS)}"
@@ -114,7 +126,7 @@ def teacher_settings(cfg: DistillConfig) -> tuple[Path, dict, SamplerSpec]:
     path = resolve(cfg.teacher)
     fm = read_fm_config(path)
     rec = checkpoint_spec(fm)
-    if rec.distilled and cfg.method != "regress":  # regress may copy a distilled student's sampler as it is
+    if rec.distilled and cfg.method not in PAIR_ONLY:  # these copy a distilled student's sampler as it is
         raise UsageError(
             f"teacher {str(path)!r} is itself a distilled student (guidance 'distilled'): "
             "distill from a classifier-free-guided checkpoint written by fm-edge train"
@@ -301,6 +313,8 @@ class Method:
 
     #: the student samples on the teacher's (shifted) time grid; else on the plain grid (shift 1)
     keeps_teacher_grid = False
+    #: the student optimizer's Adam betas
+    betas = (0.9, 0.999)
 
     def __init__(
         self, cfg: DistillConfig, teacher: Path, s: SamplerSpec, device: str, out: Path, resume=None
@@ -308,6 +322,9 @@ class Method:
         self.cfg, self.teacher, self.s, self.device = cfg, teacher, s, device
         self.out, self.resume = out, resume
         self.model = self.ema = None  # the student and its EMA, set once they exist
+
+    def check(self) -> None:
+        """Fail on bad inputs (with a UsageError) before the run folder is touched."""
 
     def prepare(self, record: dict, progress: bool) -> None:
         """Whatever every step needs, made before the student (and noted in the run's record)."""
@@ -328,6 +345,14 @@ class Method:
 
     def loss(self, step: int, gen) -> tuple:
         raise NotImplementedError
+
+    def extras(self) -> dict:
+        """Modules and optimizers trained beside the student, by checkpoint file name."""
+        return {}
+
+    def postfix(self, step: int) -> dict:
+        """Extra figures for the progress bar."""
+        return {}
 
 
 class Pairs(Method):
@@ -374,6 +399,86 @@ class Regress(Pairs):
         return regress_loss(self.model, x1, y, x0)
 
 
+class Adversarial(Pairs):
+    """An existing one-step student (``--init``): regression on the cached teacher pairs plus ``adv_weight``
+    x the hinge term of a conditional critic that learns, in the same step, real MNIST from its digits."""
+
+    betas = (0.5, 0.99)  # the usual GAN momentum: the critic's target moves every step
+
+    def check(self) -> None:
+        from fm_edge.data import load_split
+        from fm_edge.model import read_fm_config, resolve
+
+        self.init = resolve(self.cfg.init)
+        self.init_fm = read_fm_config(self.init)
+        steps = self.init_fm.get("sampler", {}).get("steps")
+        if steps != 1:
+            raise UsageError(
+                f"--init {str(self.init)!r} samples in {steps} steps: the adversarial method sharpens a "
+                "one-step student (fm_edge.json sampler steps 1)"
+            )
+        self.images, self.labels = load_split(self.cfg.data, "train")
+
+    def prepare(self, record: dict, progress: bool) -> None:
+        import torch
+
+        from fm_edge.artifacts import weights_hash
+        from fm_edge.critic import Critic
+        from fm_edge.data import HUB_ID, model_space
+        from fm_edge.loop import EpochOrder
+
+        super().prepare(record, progress)
+        self.real = torch.from_numpy(model_space(self.images)).to(self.device)
+        self.real_y = torch.from_numpy(self.labels).to(self.device)
+        self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.cfg.seed)
+            self.critic = Critic().to(self.device)
+        self.critic_opt = torch.optim.AdamW(
+            self.critic.parameters(), lr=self.cfg.lr, betas=self.betas, weight_decay=0.0
+        )
+        record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=self.cfg.data or HUB_ID)
+        self.figures: dict = {}
+
+    def student(self):
+        from fm_edge.model import load
+
+        model, _ = load(self.init, device=self.device)
+        return model
+
+    def preset(self, fm: dict) -> str:
+        return self.init_fm.get("preset", "unknown")
+
+    def extras(self) -> dict:
+        return {"critic": self.critic, "critic_optimizer": self.critic_opt}
+
+    def postfix(self, step: int) -> dict:
+        return self.figures
+
+    def loss(self, step: int, gen) -> tuple:
+        import torch
+
+        from fm_edge.convention import T_SCALE
+        from fm_edge.critic import critic_loss, generator_loss
+
+        b = self.cfg.batch_size
+        idx = self.order.batch(step, b)
+        x1, y, x0 = (a[idx].to(self.device) for a in (self.x1, self.y, self.x0))
+        reg = regress_loss(self.model, x1, y, x0)
+        noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
+        labels = torch.randint(0, 10, (b,), generator=gen).to(self.device)
+        t = torch.full((b,), T_SCALE, device=self.device)
+        fake = noise - self.model(noise, t, class_labels=labels).sample
+        j = self.real_order.batch(step, b)
+        d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels)
+        self.critic_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.critic_opt.step()
+        g_loss = generator_loss(self.critic, fake, labels)
+        self.figures = {"reg": f"{reg.item():.4f}", "critic": f"{d_loss.item():.3f}"}
+        return reg + self.cfg.adv_weight * g_loss, len(idx)
+
+
 class Progressive(Method):
     """Halve the teacher's Euler steps per round; round r > 0 learns from round r-1's frozen EMA student."""
 
@@ -417,7 +522,9 @@ class Progressive(Method):
 
 
 #: method name -> its unit (the --method choices, in order)
-METHODS = {"progressive": Progressive, "pairs": Pairs, "regress": Regress}
+METHODS = {"progressive": Progressive, "pairs": Pairs, "regress": Regress, "adversarial": Adversarial}
+#: the methods that only read the teacher's cached samples: the teacher may be a distilled student
+PAIR_ONLY = ("regress", "adversarial")
 
 
 # --- the run ---
@@ -449,7 +556,8 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     from fm_edge.backends import torch_device
 
     device = torch_device(cfg.device)
-
+    method = METHODS[cfg.method](cfg, teacher, s, device, Path(cfg.output_dir), resume)
+    method.check()
     out, _ = prepare_output_dir(cfg.output_dir)
     import torch
     from diffusers.training_utils import EMAModel
@@ -468,19 +576,20 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         "teacher_sha256": weights_hash(teacher),
         "teacher_sampler": s.to_dict(),
         "student_steps": cfg.student_steps,
-        "pairs": cfg.pairs if cfg.method in ("pairs", "regress") else None,
+        "pairs": cfg.pairs if cfg.method in ("pairs", *PAIR_ONLY) else None,
         "student_arch": cfg.student_arch if cfg.method == "regress" else None,
         "settings": {k: v for k, v in asdict(cfg).items() if k not in ("teacher", "output_dir")},
+        "init_sha256": None,  # adversarial: the student it started from
     }
-    method = METHODS[cfg.method](cfg, teacher, s, device, out, resume)
     method.prepare(record, progress)
     model = method.student()
     model.train()
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=method.betas, weight_decay=0.0)
     method.model, method.ema = model, ema
     state = {"step": 0, "images_seen": 0, "train_seconds": 0.0, "losses": [], "record": record}
-    resumed = resume_checkpoint(out, resume, model, ema, optimizer) if resume else None
+    extras = method.extras()
+    resumed = resume_checkpoint(out, resume, model, ema, optimizer, extras=extras) if resume else None
     if resumed is not None:
         _check_same_run(out, resumed.get("record", {}), record)
         state = resumed
@@ -495,7 +604,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     loop = TrainingLoop(
         out, model, ema, optimizer, total=cfg.max_steps, lr=cfg.lr, lr_factor=method.lr_factor,
         grad_clip=cfg.grad_clip, checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
-        desc=f"distill ({cfg.method})", progress=progress,
+        desc=f"distill ({cfg.method})", progress=progress, postfix=method.postfix, extras=extras,
     )  # fmt: skip
     state = loop.run(step_loss, state)
     return _write_student(out, model, ema, cfg, state, fm, state.get("record", record), method)
@@ -503,7 +612,14 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
 
 def _check_same_run(out: Path, old: dict, record: dict) -> None:
     """A resumed run must distill the same teacher, the same way."""
-    for key in ("method", "teacher_sha256", "teacher_sampler", "student_steps", "student_arch"):
+    for key in (
+        "method",
+        "teacher_sha256",
+        "teacher_sampler",
+        "student_steps",
+        "student_arch",
+        "init_sha256",
+    ):
         if old.get(key) != record[key]:
             raise UsageError(
                 f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
@@ -564,9 +680,21 @@ def add_arguments(p) -> None:
         default="progressive",
         choices=METHODS,
         help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
-        "pairs (rectified-flow distillation on cached teacher samples) or regress (a fresh time-free "
-        "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student)",
+        "pairs (rectified-flow distillation on cached teacher samples), regress (a fresh time-free "
+        "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student) or "
+        "adversarial (the one-step --init student keeps that regression plus a critic's term, trained on "
+        "real --data digits)",
     )
+    p.add_argument("--init", default=None, help="adversarial: the one-step student folder to start from")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="adversarial: local MNIST folder in the hub layout (default: hub ylecun/mnist)",
+    )
+    p.add_argument(
+        "--adv-weight", type=float, default=DistillConfig.adv_weight,
+        help="adversarial: weight of the critic's term beside the regression",
+    )  # fmt: skip
     p.add_argument(
         "--student-arch",
         default=DistillConfig.student_arch,

@@ -64,7 +64,7 @@ class TrainingLoop:
         grad_clip: float, checkpoint_every: int, keep_checkpoints: int, log_every: int = 1, module=None,
         backward: Callable | None = None, clip: Callable | None = None, main_process: bool = True,
         barrier: Callable[[], None] = lambda: None, desc: str = "train", progress: bool = True,
-        postfix: Callable[[int], dict] | None = None,
+        postfix: Callable[[int], dict] | None = None, extras: dict | None = None,
     ):  # fmt: skip
         import torch
 
@@ -76,6 +76,7 @@ class TrainingLoop:
         self.clip = clip or torch.nn.utils.clip_grad_norm_
         self.main_process, self.barrier = main_process, barrier
         self.desc, self.progress, self.postfix = desc, progress, postfix or (lambda step: {})
+        self.extras = extras  # modules / optimizers trained beside the model: saved in every checkpoint
 
     def _set_lr(self, step: int) -> None:
         for group in self.optimizer.param_groups:
@@ -111,7 +112,9 @@ class TrainingLoop:
                 state["train_seconds"] += time.time() - t_start
                 t_start = time.time()
                 if self.main_process:
-                    save_checkpoint(self.out, step, self.module, self.ema, self.optimizer, state, self.keep)
+                    save_checkpoint(
+                        self.out, step, self.module, self.ema, self.optimizer, state, self.keep, self.extras
+                    )
                 self.barrier()
         bar.close()
         state["train_seconds"] += time.time() - t_start

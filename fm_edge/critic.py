@@ -1,0 +1,54 @@
+"""The discriminator of ``fm-edge distill --method adversarial``: is this 32x32 digit real MNIST, for its label?
+
+A small conditional critic: three strided 4x4 convs (32 -> 16 -> 8 -> 4) with LeakyReLU, then a linear score
+plus a projection term, the inner product of the features with a learned embedding of the label (labels
+0-9 only: the adversarial term trains the conditional digits). Every weight is spectrally normalised, which
+keeps the hinge game stable without a gradient penalty. It exists only during training: the checkpoints
+hold it (so ``--resume`` continues the same game), the shipped student does not.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from fm_edge.convention import MODEL_SIZE, NUM_CLASSES
+
+
+class Critic(nn.Module):
+    """``critic(x [B,1,32,32] in [-1,1], labels [B] in 0-9) -> score [B]``: higher means more real."""
+
+    def __init__(self, width: int = 64, size: int = MODEL_SIZE):
+        super().__init__()
+        chans = (1, width, 2 * width, 4 * width)
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans, chans[1:]):
+            layers += [spectral_norm(nn.Conv2d(cin, cout, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
+        self.features = nn.Sequential(*layers)
+        n = chans[-1] * (size // 8) ** 2
+        self.score = spectral_norm(nn.Linear(n, 1))
+        self.label_embedding = spectral_norm(nn.Embedding(NUM_CLASSES, n))
+
+    def forward(self, x, labels):
+        h = self.features(x).flatten(1)
+        return self.score(h).squeeze(1) + (self.label_embedding(labels) * h).sum(1)
+
+
+def critic_loss(critic, real, real_labels, fake, fake_labels):
+    """The critic's hinge loss: real digits scored above +1, the student's (detached) digits below -1."""
+    from torch.nn import functional as F
+
+    return (
+        F.relu(1 - critic(real, real_labels)).mean() + F.relu(1 + critic(fake.detach(), fake_labels)).mean()
+    )
+
+
+def generator_loss(critic, fake, labels):
+    """The student's hinge term: raise the critic's score of its digits (the critic's weights get no gradient)."""
+    for p in critic.parameters():
+        p.requires_grad_(False)
+    try:
+        return -critic(fake, labels).mean()
+    finally:
+        for p in critic.parameters():
+            p.requires_grad_(True)

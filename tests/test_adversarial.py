@@ -1,0 +1,184 @@
+"""fm-edge distill --method adversarial: a one-step student sharpened by a critic trained on real digits; the
+critic's own losses, its checkpoints, exact resume after an interrupt and after SIGKILL, and bad settings."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fm_edge.distill import DistillConfig, distill
+from fm_edge.errors import UsageError
+
+
+def acfg(out, teacher, init, data, **kw):
+    base = dict(
+        teacher=str(teacher), output_dir=str(out), method="adversarial", init=init and str(init), data=data,
+        pairs=24, batch_size=8, max_steps=4, checkpoint_every=2, keep_checkpoints=5, num_threads=1,
+        device="cpu", adv_weight=0.5,
+    )  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def one_step(tiny_ckpt, tmp_path_factory):
+    """A tiny one-step UNet student (pairs distillation): both the teacher of the pairs and the init."""
+    out = tmp_path_factory.mktemp("one_step")
+    return distill(
+        DistillConfig(teacher=str(tiny_ckpt), output_dir=str(out), method="pairs", cfg_scale=1.5, pairs=16,
+                      batch_size=8, max_steps=1, num_threads=1, device="cpu"),
+        progress=False,
+    )  # fmt: skip
+
+
+def test_critic_losses_train_only_their_own_side():
+    from fm_edge.critic import Critic, critic_loss, generator_loss
+
+    torch.manual_seed(0)
+    critic = Critic(width=8)
+    gen = torch.nn.Conv2d(1, 1, 3, padding=1)
+    real, labels = torch.rand(4, 1, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3])
+    fake = gen(torch.randn(4, 1, 32, 32))
+    critic_loss(critic, real, labels, fake, labels).backward()
+    assert gen.weight.grad is None  # the critic's step sees detached fakes
+    assert all(p.grad is not None for p in critic.parameters())
+    critic.zero_grad(set_to_none=True)
+    generator_loss(critic, fake, labels).backward()
+    assert gen.weight.grad is not None and gen.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in critic.parameters())  # the student's step leaves the critic alone
+    assert all(p.requires_grad for p in critic.parameters())
+
+
+def test_critic_learns_to_tell_real_digits_from_noise(tiny_data):
+    from fm_edge.critic import Critic, critic_loss
+    from fm_edge.data import load_split, model_space
+
+    images, labels = load_split(tiny_data, "train")
+    real, y = torch.from_numpy(model_space(images[:32])), torch.from_numpy(labels[:32])
+    torch.manual_seed(0)
+    critic = Critic(width=8)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.99))
+    fake = torch.randn(32, 1, 32, 32).clamp(-1, 1)
+    for _ in range(60):
+        opt.zero_grad()
+        critic_loss(critic, real, y, fake, y).backward()
+        opt.step()
+    with torch.no_grad():
+        assert critic(real, y).mean() > critic(fake, y).mean() + 1.0
+
+
+def test_adversarial_sharpens_the_init_and_keeps_its_sampler(one_step, tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from fm_edge.artifacts import weights_hash
+    from fm_edge.model import load
+
+    folder = distill(acfg(tmp_path, one_step, one_step, tiny_data), progress=False)
+    model, fm = load(folder)
+    init, _ = load(one_step)
+    assert type(model) is type(init) and fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
+    assert fm["sampler"]["distilled_cfg_scale"] == 1.5
+    rec = fm["distillation"]
+    assert rec["method"] == "adversarial" and rec["init_sha256"] == weights_hash(one_step)
+    assert rec["data"] == tiny_data and rec["steps"] == 4
+    moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), init.parameters())]
+    assert any(moved)
+    ckpt = tmp_path / "checkpoint-4"
+    critic = load_file(ckpt / "critic.safetensors")
+    assert any("label_embedding" in k for k in critic) and (ckpt / "critic_optimizer.safetensors").is_file()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert len(state["losses"]) == 4 and all(np.isfinite(v) for _, v in state["losses"])
+
+
+def test_the_critic_term_changes_the_update(one_step, tiny_data, tmp_path):
+    """adv_weight 0 is plain regression from the init; any weight > 0 moves the student elsewhere."""
+    from fm_edge.model import load
+
+    plain, _ = load(distill(acfg(tmp_path / "a", one_step, one_step, tiny_data, adv_weight=0.0, max_steps=2),
+                            progress=False))  # fmt: skip
+    sharp, _ = load(distill(acfg(tmp_path / "b", one_step, one_step, tiny_data, max_steps=2), progress=False))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), sharp.parameters()))
+
+
+def test_adversarial_interrupted_resumes_exactly(one_step, tiny_data, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from test_distill import _assert_same_run
+
+    import fm_edge.critic as c
+
+    straight = distill(acfg(tmp_path / "straight", one_step, one_step, tiny_data, max_steps=6), progress=False)
+    real, calls = c.critic_loss, []
+
+    def interrupt_in_step_5(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(c, "critic_loss", interrupt_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        distill(acfg(tmp_path / "split", one_step, one_step, tiny_data, max_steps=6), progress=False)
+    monkeypatch.setattr(c, "critic_loss", real)
+    split = distill(
+        acfg(tmp_path / "split", one_step, one_step, tiny_data, max_steps=6), resume="latest", progress=False
+    )
+    _assert_same_run(straight.parent, split.parent, 6)
+    for name in ("critic.safetensors", "critic_optimizer.safetensors"):
+        a, b = (load_file(p.parent / "checkpoint-6" / name) for p in (straight, split))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adversarial_sigkill_then_resume(one_step, tiny_data, tmp_path):
+    from conftest import sigkill_at_marker
+    from test_distill import KILLABLE
+
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    argv = ["distill", "--method", "adversarial", "--teacher", str(one_step), "--init", str(one_step),
+            "--data", tiny_data, "--pairs", "24", "--batch-size", "8", "--max-steps", "4",
+            "--checkpoint-every", "2", "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
+    killable = KILLABLE.replace("d.pairs_loss", "d.regress_loss")  # hang inside an adversarial step
+    sigkill_at_marker([sys.executable, "-c", killable, str(marker), "3", *argv], marker, "step 3", timeout=900)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (run / "model").exists()
+    r = subprocess.run([sys.executable, "-m", "fm_edge.cli", *argv, "--resume", "latest"],
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "checkpoint-2" in r.stderr
+    fm = json.loads((run / "model" / "fm_edge.json").read_text())
+    assert fm["distillation"]["method"] == "adversarial" and fm["distillation"]["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(init=None), "pass --init DIR"),
+        (dict(adv_weight=-1.0), "--adv-weight must be a finite number >= 0"),
+        (dict(adv_weight=float("nan")), "--adv-weight must be a finite number >= 0"),
+        (dict(student_steps=2), "--student-steps 1, not 2"),
+    ],
+)
+def test_adversarial_bad_settings_are_one_usage_error(kw, match, one_step, tiny_data, tmp_path):
+    with pytest.raises(UsageError, match=match):
+        distill(acfg(tmp_path / "out", one_step, kw.pop("init", one_step), tiny_data, **kw), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_adversarial_bad_files_write_nothing(one_step, tiny_ckpt, tiny_data, tmp_path):
+    with pytest.raises(UsageError, match="samples in 3 steps"):  # the tiny teacher is no one-step student
+        distill(acfg(tmp_path / "out", one_step, tiny_ckpt, tiny_data), progress=False)
+    with pytest.raises(UsageError, match="holds no MNIST 'train' split"):
+        distill(acfg(tmp_path / "out", one_step, one_step, str(tmp_path)), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no config.json"):
+        distill(acfg(tmp_path / "out", one_step, tmp_path / "empty", tiny_data), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_adversarial_cli_errors_are_one_line(one_step, tmp_path):
+    argv = [sys.executable, "-m", "fm_edge.cli", "distill", "--method", "adversarial", "--teacher",
+            str(one_step), "-o", str(tmp_path / "out"), "--adv-weight", "-2", "--init", str(one_step)]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--adv-weight" in r.stderr
+    assert not (tmp_path / "out").exists()
