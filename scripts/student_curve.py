@@ -1,6 +1,8 @@
-"""Learning curve of a progressive distillation run, and its per-round students as checkpoint folders.
+"""Learning curves of distillation runs, and a progressive run's per-round students as checkpoint folders.
 
     python scripts/student_curve.py runs/pd3 --curve runs/pd3_curve -n 2000
+    python scripts/student_curve.py runs/adv_unet runs/adv_one --curve runs/adv_unet_curve runs/adv_one_curve \
+        --name adversarial
 
 A progressive run (``fm-edge distill --method progressive``) keeps only its last checkpoints, so a watcher
 copies each ``checkpoint-<step>/ema.safetensors`` to ``--curve`` as ``ema-<step>.safetensors`` while it
@@ -35,7 +37,8 @@ def run_settings(run: Path) -> dict:
 
 
 def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: Path) -> Path:
-    """A checkpoint folder: the teacher's config, these UNet weights, a distilled sampler of ``steps``."""
+    """A checkpoint folder: the config of ``teacher`` (the teacher, or the init of an adversarial run), these
+    weights, a distilled sampler of ``steps``."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -43,13 +46,14 @@ def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: 
     save_file({k: v.contiguous() for k, v in weights.items()}, out / "diffusion_pytorch_model.safetensors")
     fm = json.loads((teacher / "fm_edge.json").read_text())
     fm.pop("quality", None)
+    ts = record["teacher_sampler"]
     fm["sampler"] = {
         "solver": "euler",
         "steps": steps,
         "cfg_scale": 1.0,
-        "shift": record["teacher_sampler"]["shift"],
+        "shift": ts["shift"],
         "guidance": "distilled",
-        "distilled_cfg_scale": record["teacher_sampler"]["cfg_scale"],
+        "distilled_cfg_scale": ts.get("distilled_cfg_scale") or ts["cfg_scale"],
     }
     fm["distillation"] = fm["training"] = record
     (out / "fm_edge.json").write_text(json.dumps(fm, indent=1))
@@ -81,46 +85,61 @@ def score(folder: Path, steps: int, n: int, threads: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--curve", type=Path, default=None, help="folder of ema-<step>.safetensors copies")
+    ap.add_argument("run", type=Path, nargs="+")
+    ap.add_argument("--curve", type=Path, nargs="+", default=[], help="folders of ema-<step> copies, per run")
+    ap.add_argument("--name", default="student", help="docs/results/<name>_curve.json, docs/<name>_curve.png")
     ap.add_argument("--teacher", type=Path, default=ROOT / "fm_edge" / "checkpoints" / "compact-mnist")
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export-round", type=int, default=None)
     ap.add_argument("-o", "--output", type=Path, default=None)
     args = ap.parse_args()
-    record = run_settings(args.run)
-    settings, teacher_steps = record["settings"], record["teacher_sampler"]["steps"]
-    n_rounds = len(record["rounds"]) - 1
-    per_round = settings["max_steps"] / n_rounds
-
     if args.export_round is not None:
         from safetensors.torch import load_file
 
+        record = run_settings(args.run[0])
+        settings, teacher_steps = record["settings"], record["teacher_sampler"]["steps"]
+        n_rounds = len(record["rounds"]) - 1
+        per_round = settings["max_steps"] / n_rounds
         r = args.export_round
-        weights = load_file(args.run / "rounds" / f"round-{r}.safetensors")
+        weights = load_file(args.run[0] / "rounds" / f"round-{r}.safetensors")
         rec = dict(record, rounds=record["rounds"][: r + 1], student_steps=teacher_steps // 2**r,
                    steps=round(per_round * r), images_seen=round(per_round * r) * settings["batch_size"])  # fmt: skip
         out = student_folder(weights, args.teacher, teacher_steps // 2**r, rec, args.output)
         print(out)
         return
 
+    rows, runs = [], {}
+    for run, curve in zip(args.run, args.curve, strict=True):
+        rows += curve_rows(run, curve, args)
+        runs[str(run)] = run_settings(run)["settings"]
+    out = {"runs": runs, "n": args.n, "rows": rows}
+    (ROOT / "docs" / "results" / f"{args.name}_curve.json").write_text(json.dumps(out, indent=1))
+    plot(rows, args.n, ROOT / "docs" / f"{args.name}_curve.png")
+
+
+def curve_rows(run: Path, curve: Path, args) -> list[dict]:
+    """One scored row per ema-<step> copy of the run: its student at its own step count."""
+    record = run_settings(run)
+    settings = record["settings"]
+    adversarial = record["method"] == "adversarial"
+    base = Path(record["init"]) if adversarial else args.teacher
+    n_rounds = 1 if adversarial else len(record["rounds"]) - 1
     rows = []
-    for path in sorted(args.curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
+    for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
         step = int(path.stem.split("-")[1])
         r = min(n_rounds - 1, (step - 1) * n_rounds // settings["max_steps"])
-        steps = teacher_steps // 2 ** (r + 1)
+        steps = 1 if adversarial else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = student_folder(ema_weights(path, args.teacher), args.teacher, steps, record, Path(tmp))
+            folder = student_folder(ema_weights(path, base), base, steps, record, Path(tmp))
             rep = score(folder, steps, args.n, args.threads)
-        row = {"step": step, "round": r, "student_steps": steps, "images_seen": step * settings["batch_size"],
-               "fd": rep["fd"], "floor": rep["fd_floor"], "ratio": rep["fd"] / rep["fd_floor"],
-               "label_accuracy": rep["label_accuracy"]}  # fmt: skip
+        label = f"{steps}-step student" + (f", adversarial from {base.name}" if adversarial else "")
+        row = {"run": str(run), "label": label, "step": step, "round": r, "student_steps": steps,
+               "images_seen": step * settings["batch_size"], "fd": rep["fd"], "floor": rep["fd_floor"],
+               "ratio": rep["fd"] / rep["fd_floor"], "label_accuracy": rep["label_accuracy"]}  # fmt: skip
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
-    out = {"run": str(args.run), "n": args.n, "settings": settings, "rows": rows}
-    (ROOT / "docs" / "results" / "student_curve.json").write_text(json.dumps(out, indent=1))
-    plot(rows, args.n, ROOT / "docs" / "student_curve.png")
+    return rows
 
 
 def plot(rows: list, n: int, path: Path) -> None:
@@ -130,10 +149,9 @@ def plot(rows: list, n: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for steps in sorted({r["student_steps"] for r in rows}, reverse=True):
-        pts = [r for r in rows if r["student_steps"] == steps]
-        ax.plot([p["images_seen"] / 1e3 for p in pts], [p["ratio"] for p in pts], "o-",
-                label=f"{steps}-step student ({steps} network eval{'s' if steps > 1 else ''})")  # fmt: skip
+    for label in dict.fromkeys(r["label"] for r in rows):
+        pts = [r for r in rows if r["label"] == label]
+        ax.plot([p["images_seen"] / 1e3 for p in pts], [p["ratio"] for p in pts], "o-", label=label)
     ax.set_xlabel("student images seen (thousands)")
     ax.set_ylabel(f"FD / real-data floor (n={n})")
     ax.set_yscale("log")
