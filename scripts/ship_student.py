@@ -26,6 +26,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
     ap.add_argument("--parent", required=True, help="the teacher, as people should read it")
+    ap.add_argument(
+        "--init", default=None, help="adversarial: the student it started from, as people should read it"
+    )
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--command", required=True, help="the command that trained it")
     ap.add_argument("--quality", action="append", default=[], help="NAME=evaluate.json")
@@ -36,6 +39,8 @@ def main():
         rec = fm.get(key)
         if rec:
             rec["teacher"] = args.parent
+            if args.init:
+                rec["init"] = args.init
             rec["cpu"] = args.cpu
             rec["command"] = args.command
             rec["wall_minutes"] = round(rec.get("seconds", 0) / 60, 1)
