@@ -11,13 +11,19 @@ from fm_edge.runtime import OnnxSampler
 from fm_edge.sampler_spec import SamplerSpec
 
 STUDENT = SHIPPED.parent / "compact-mnist-student"
+STUDENT_4STEP = SHIPPED.parent / "compact-mnist-student-4step"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_student_records_its_teacher_and_its_guidance():
     fm = json.loads((STUDENT / "fm_edge.json").read_text())
     assert fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
-    assert fm["distillation"]["teacher_sha256"] == weights_hash(SHIPPED)  # distilled from the shipped teacher
+    # sharpened (adversarial) on the shipped 4-step student's samples, which was distilled from the teacher
+    assert fm["distillation"]["method"] == "adversarial"
+    assert fm["distillation"]["teacher_sha256"] == weights_hash(STUDENT_4STEP)
+    four = json.loads((STUDENT_4STEP / "fm_edge.json").read_text())
+    assert four["distillation"]["teacher_sha256"] == weights_hash(SHIPPED)
+    assert four["sampler"]["distilled_cfg_scale"] == fm["sampler"]["distilled_cfg_scale"]
     assert (
         fm["sampler"]["distilled_cfg_scale"]
         == json.loads((SHIPPED / "fm_edge.json").read_text())["sampler"]["cfg_scale"]
