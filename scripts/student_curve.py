@@ -123,7 +123,7 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     record = run_settings(run)
     settings = record["settings"]
     adversarial = record["method"] == "adversarial"
-    base = Path(record["init"]) if adversarial else args.teacher
+    base = run / "model" if adversarial else args.teacher  # the run's own student has its init's config
     n_rounds = 1 if adversarial else len(record["rounds"]) - 1
     rows = []
     for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
@@ -133,7 +133,9 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             folder = student_folder(ema_weights(path, base), base, steps, record, Path(tmp))
             rep = score(folder, steps, args.n, args.threads)
-        label = f"{steps}-step student" + (f", adversarial from {base.name}" if adversarial else "")
+        label = f"{steps}-step student" + (
+            f", adversarial from {Path(record['init']).name}" if adversarial else ""
+        )
         row = {"run": str(run), "label": label, "step": step, "round": r, "student_steps": steps,
                "images_seen": step * settings["batch_size"], "fd": rep["fd"], "floor": rep["fd_floor"],
                "ratio": rep["fd"] / rep["fd_floor"], "label_accuracy": rep["label_accuracy"]}  # fmt: skip

@@ -78,7 +78,9 @@ def test_adversarial_sharpens_the_init_and_keeps_its_sampler(one_step, tiny_data
     folder = distill(acfg(tmp_path, one_step, one_step, tiny_data), progress=False)
     model, fm = load(folder)
     init, _ = load(one_step)
-    assert type(model) is type(init) and fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
+    assert (
+        type(model) is type(init) and fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
+    )
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5
     rec = fm["distillation"]
     assert rec["method"] == "adversarial" and rec["init_sha256"] == weights_hash(one_step)
@@ -108,7 +110,9 @@ def test_adversarial_interrupted_resumes_exactly(one_step, tiny_data, tmp_path, 
 
     import fm_edge.critic as c
 
-    straight = distill(acfg(tmp_path / "straight", one_step, one_step, tiny_data, max_steps=6), progress=False)
+    straight = distill(
+        acfg(tmp_path / "straight", one_step, one_step, tiny_data, max_steps=6), progress=False
+    )
     real, calls = c.critic_loss, []
 
     def interrupt_in_step_5(*a, **k):
@@ -139,7 +143,9 @@ def test_adversarial_sigkill_then_resume(one_step, tiny_data, tmp_path):
             "--data", tiny_data, "--pairs", "24", "--batch-size", "8", "--max-steps", "4",
             "--checkpoint-every", "2", "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
     killable = KILLABLE.replace("d.pairs_loss", "d.regress_loss")  # hang inside an adversarial step
-    sigkill_at_marker([sys.executable, "-c", killable, str(marker), "3", *argv], marker, "step 3", timeout=900)
+    sigkill_at_marker(
+        [sys.executable, "-c", killable, str(marker), "3", *argv], marker, "step 3", timeout=900
+    )
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
     assert not (run / "model").exists()
     r = subprocess.run([sys.executable, "-m", "fm_edge.cli", *argv, "--resume", "latest"],
