@@ -10,6 +10,7 @@ hold it (so ``--resume`` continues the same game), the shipped student does not.
 from __future__ import annotations
 
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from fm_edge.convention import MODEL_SIZE, NUM_CLASSES
@@ -36,8 +37,6 @@ class Critic(nn.Module):
 
 def critic_loss(critic, real, real_labels, fake, fake_labels):
     """The critic's hinge loss: real digits scored above +1, the student's (detached) digits below -1."""
-    from torch.nn import functional as F
-
     return (
         F.relu(1 - critic(real, real_labels)).mean() + F.relu(1 + critic(fake.detach(), fake_labels)).mean()
     )

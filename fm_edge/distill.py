@@ -245,15 +245,21 @@ def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
 # --- the regress method ---
 
 
+def velocity_at_noise(model, x1, labels):
+    """The one-step student's velocity at t=1 on the noise x1 (its digit is x1 minus this)."""
+    import torch
+
+    from fm_edge.convention import T_SCALE
+
+    return model(x1, torch.full((len(x1),), T_SCALE, device=x1.device), class_labels=labels).sample
+
+
 def regress_loss(model, x1, labels, x0):
     """One-step regression onto the teacher sampler's output: the student's velocity at t=1 on the noise
     x1 should be x1 - x0_T, so its one Euler step x1 - v(x1, 1) lands on x0_T."""
     import torch
 
-    from fm_edge.convention import T_SCALE
-
-    t = torch.full((len(x1),), T_SCALE, device=x1.device)
-    pred = model(x1, t, class_labels=labels).sample
+    pred = velocity_at_noise(model, x1, labels)
     return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float())
 
 
@@ -372,9 +378,9 @@ class Pairs(Method):
     def loss(self, step: int, gen) -> tuple:
         idx = self.order.batch(step, self.cfg.batch_size)
         x1, y, x0 = (a[idx].to(self.device) for a in (self.x1, self.y, self.x0))
-        return self.pair_loss(x1, y, x0, gen), len(idx)
+        return self.pair_loss(step, x1, y, x0, gen), len(idx)
 
-    def pair_loss(self, x1, y, x0, gen):
+    def pair_loss(self, step: int, x1, y, x0, gen):
         return pairs_loss(self.model, x1, y, x0, gen, self.cfg)
 
 
@@ -395,7 +401,7 @@ class Regress(Pairs):
     def preset(self, fm: dict) -> str:
         return self.cfg.student_arch
 
-    def pair_loss(self, x1, y, x0, gen):
+    def pair_loss(self, step: int, x1, y, x0, gen):
         return regress_loss(self.model, x1, y, x0)
 
 
@@ -455,20 +461,18 @@ class Adversarial(Pairs):
     def postfix(self, step: int) -> dict:
         return self.figures
 
-    def loss(self, step: int, gen) -> tuple:
+    def pair_loss(self, step: int, x1, y, x0, gen):
+        """The regression on this step's pairs plus adv_weight x the critic's term on fresh noise; the critic
+        takes its own step first, on real digits against the student's."""
         import torch
 
-        from fm_edge.convention import T_SCALE
         from fm_edge.critic import critic_loss, generator_loss
 
         b = self.cfg.batch_size
-        idx = self.order.batch(step, b)
-        x1, y, x0 = (a[idx].to(self.device) for a in (self.x1, self.y, self.x0))
         reg = regress_loss(self.model, x1, y, x0)
         noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
         labels = torch.randint(0, 10, (b,), generator=gen).to(self.device)
-        t = torch.full((b,), T_SCALE, device=self.device)
-        fake = noise - self.model(noise, t, class_labels=labels).sample
+        fake = noise - velocity_at_noise(self.model, noise, labels)
         j = self.real_order.batch(step, b)
         d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -476,7 +480,7 @@ class Adversarial(Pairs):
         self.critic_opt.step()
         g_loss = generator_loss(self.critic, fake, labels)
         self.figures = {"reg": f"{reg.item():.4f}", "critic": f"{d_loss.item():.3f}"}
-        return reg + self.cfg.adv_weight * g_loss, len(idx)
+        return reg + self.cfg.adv_weight * g_loss
 
 
 class Progressive(Method):

@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped tiny MNIST slice and a tiny (untrained) checkpoint folder."""
+"""Shared fixtures: the shipped tiny MNIST slice, a tiny (untrained) checkpoint folder and its one-step student."""
 
 import json
 from pathlib import Path
@@ -89,3 +89,17 @@ def sigkill_at_marker(cmd: list[str], marker: Path, what: str, timeout: float = 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     return proc
+
+
+@pytest.fixture(scope="session")
+def distilled_teacher(tiny_ckpt, tmp_path_factory):
+    """A tiny one-step UNet student (pairs distillation, CFG 1.5 folded in): the teacher the regress method
+    is made for, and the init the adversarial method sharpens."""
+    from fm_edge.distill import DistillConfig, distill
+
+    out = tmp_path_factory.mktemp("pairs_student")
+    return distill(
+        DistillConfig(teacher=str(tiny_ckpt), output_dir=str(out), method="pairs", cfg_scale=1.5, pairs=16,
+                      batch_size=8, max_steps=1, num_threads=1, device="cpu"),
+        progress=False,
+    )  # fmt: skip

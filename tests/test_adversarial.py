@@ -9,28 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from fm_edge.distill import DistillConfig, distill
+from fm_edge.distill import distill
 from fm_edge.errors import UsageError
 
 
 def acfg(out, teacher, init, data, **kw):
-    base = dict(
-        teacher=str(teacher), output_dir=str(out), method="adversarial", init=init and str(init), data=data,
-        pairs=24, batch_size=8, max_steps=4, checkpoint_every=2, keep_checkpoints=5, num_threads=1,
-        device="cpu", adv_weight=0.5,
-    )  # fmt: skip
-    return DistillConfig(**{**base, **kw})
+    from test_student_net import rcfg
 
-
-@pytest.fixture(scope="module")
-def one_step(tiny_ckpt, tmp_path_factory):
-    """A tiny one-step UNet student (pairs distillation): both the teacher of the pairs and the init."""
-    out = tmp_path_factory.mktemp("one_step")
-    return distill(
-        DistillConfig(teacher=str(tiny_ckpt), output_dir=str(out), method="pairs", cfg_scale=1.5, pairs=16,
-                      batch_size=8, max_steps=1, num_threads=1, device="cpu"),
-        progress=False,
-    )  # fmt: skip
+    return rcfg(out, teacher, **{"method": "adversarial", "init": init and str(init), "data": data,
+                                 "adv_weight": 0.5, **kw})  # fmt: skip
 
 
 def test_critic_losses_train_only_their_own_side():
@@ -69,21 +56,21 @@ def test_critic_learns_to_tell_real_digits_from_noise(tiny_data):
         assert critic(real, y).mean() > critic(fake, y).mean() + 1.0
 
 
-def test_adversarial_sharpens_the_init_and_keeps_its_sampler(one_step, tiny_data, tmp_path):
+def test_adversarial_sharpens_the_init_and_keeps_its_sampler(distilled_teacher, tiny_data, tmp_path):
     from safetensors.torch import load_file
 
     from fm_edge.artifacts import weights_hash
     from fm_edge.model import load
 
-    folder = distill(acfg(tmp_path, one_step, one_step, tiny_data), progress=False)
+    folder = distill(acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data), progress=False)
     model, fm = load(folder)
-    init, _ = load(one_step)
+    init, _ = load(distilled_teacher)
     assert (
         type(model) is type(init) and fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
     )
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5
     rec = fm["distillation"]
-    assert rec["method"] == "adversarial" and rec["init_sha256"] == weights_hash(one_step)
+    assert rec["method"] == "adversarial" and rec["init_sha256"] == weights_hash(distilled_teacher)
     assert rec["data"] == tiny_data and rec["steps"] == 4
     moved = [not torch.equal(a, b) for a, b in zip(model.parameters(), init.parameters())]
     assert any(moved)
@@ -94,24 +81,29 @@ def test_adversarial_sharpens_the_init_and_keeps_its_sampler(one_step, tiny_data
     assert len(state["losses"]) == 4 and all(np.isfinite(v) for _, v in state["losses"])
 
 
-def test_the_critic_term_changes_the_update(one_step, tiny_data, tmp_path):
+def test_the_critic_term_changes_the_update(distilled_teacher, tiny_data, tmp_path):
     """adv_weight 0 is plain regression from the init; any weight > 0 moves the student elsewhere."""
     from fm_edge.model import load
 
-    plain, _ = load(distill(acfg(tmp_path / "a", one_step, one_step, tiny_data, adv_weight=0.0, max_steps=2),
+    plain, _ = load(distill(acfg(tmp_path / "a", distilled_teacher, distilled_teacher, tiny_data, adv_weight=0.0, max_steps=2),
                             progress=False))  # fmt: skip
-    sharp, _ = load(distill(acfg(tmp_path / "b", one_step, one_step, tiny_data, max_steps=2), progress=False))
+    sharp, _ = load(
+        distill(
+            acfg(tmp_path / "b", distilled_teacher, distilled_teacher, tiny_data, max_steps=2), progress=False
+        )
+    )
     assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), sharp.parameters()))
 
 
-def test_adversarial_interrupted_resumes_exactly(one_step, tiny_data, tmp_path, monkeypatch):
+def test_adversarial_interrupted_resumes_exactly(distilled_teacher, tiny_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from test_distill import _assert_same_run
 
     import fm_edge.critic as c
 
     straight = distill(
-        acfg(tmp_path / "straight", one_step, one_step, tiny_data, max_steps=6), progress=False
+        acfg(tmp_path / "straight", distilled_teacher, distilled_teacher, tiny_data, max_steps=6),
+        progress=False,
     )
     real, calls = c.critic_loss, []
 
@@ -123,10 +115,15 @@ def test_adversarial_interrupted_resumes_exactly(one_step, tiny_data, tmp_path, 
 
     monkeypatch.setattr(c, "critic_loss", interrupt_in_step_5)
     with pytest.raises(KeyboardInterrupt):
-        distill(acfg(tmp_path / "split", one_step, one_step, tiny_data, max_steps=6), progress=False)
+        distill(
+            acfg(tmp_path / "split", distilled_teacher, distilled_teacher, tiny_data, max_steps=6),
+            progress=False,
+        )
     monkeypatch.setattr(c, "critic_loss", real)
     split = distill(
-        acfg(tmp_path / "split", one_step, one_step, tiny_data, max_steps=6), resume="latest", progress=False
+        acfg(tmp_path / "split", distilled_teacher, distilled_teacher, tiny_data, max_steps=6),
+        resume="latest",
+        progress=False,
     )
     _assert_same_run(straight.parent, split.parent, 6)
     for name in ("critic.safetensors", "critic_optimizer.safetensors"):
@@ -134,12 +131,12 @@ def test_adversarial_interrupted_resumes_exactly(one_step, tiny_data, tmp_path, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_adversarial_sigkill_then_resume(one_step, tiny_data, tmp_path):
+def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path):
     from conftest import sigkill_at_marker
     from test_distill import KILLABLE
 
     run, marker = tmp_path / "run", tmp_path / "marker"
-    argv = ["distill", "--method", "adversarial", "--teacher", str(one_step), "--init", str(one_step),
+    argv = ["distill", "--method", "adversarial", "--teacher", str(distilled_teacher), "--init", str(distilled_teacher),
             "--data", tiny_data, "--pairs", "24", "--batch-size", "8", "--max-steps", "4",
             "--checkpoint-every", "2", "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
     killable = KILLABLE.replace("d.pairs_loss", "d.regress_loss")  # hang inside an adversarial step
@@ -165,26 +162,29 @@ def test_adversarial_sigkill_then_resume(one_step, tiny_data, tmp_path):
         (dict(student_steps=2), "--student-steps 1, not 2"),
     ],
 )
-def test_adversarial_bad_settings_are_one_usage_error(kw, match, one_step, tiny_data, tmp_path):
+def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teacher, tiny_data, tmp_path):
     with pytest.raises(UsageError, match=match):
-        distill(acfg(tmp_path / "out", one_step, kw.pop("init", one_step), tiny_data, **kw), progress=False)
+        distill(
+            acfg(tmp_path / "out", distilled_teacher, kw.pop("init", distilled_teacher), tiny_data, **kw),
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
-def test_adversarial_bad_files_write_nothing(one_step, tiny_ckpt, tiny_data, tmp_path):
+def test_adversarial_bad_files_write_nothing(distilled_teacher, tiny_ckpt, tiny_data, tmp_path):
     with pytest.raises(UsageError, match="samples in 3 steps"):  # the tiny teacher is no one-step student
-        distill(acfg(tmp_path / "out", one_step, tiny_ckpt, tiny_data), progress=False)
+        distill(acfg(tmp_path / "out", distilled_teacher, tiny_ckpt, tiny_data), progress=False)
     with pytest.raises(UsageError, match="holds no MNIST 'train' split"):
-        distill(acfg(tmp_path / "out", one_step, one_step, str(tmp_path)), progress=False)
+        distill(acfg(tmp_path / "out", distilled_teacher, distilled_teacher, str(tmp_path)), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no config.json"):
-        distill(acfg(tmp_path / "out", one_step, tmp_path / "empty", tiny_data), progress=False)
+        distill(acfg(tmp_path / "out", distilled_teacher, tmp_path / "empty", tiny_data), progress=False)
     assert not (tmp_path / "out").exists()
 
 
-def test_adversarial_cli_errors_are_one_line(one_step, tmp_path):
+def test_adversarial_cli_errors_are_one_line(distilled_teacher, tmp_path):
     argv = [sys.executable, "-m", "fm_edge.cli", "distill", "--method", "adversarial", "--teacher",
-            str(one_step), "-o", str(tmp_path / "out"), "--adv-weight", "-2", "--init", str(one_step)]  # fmt: skip
+            str(distilled_teacher), "-o", str(tmp_path / "out"), "--adv-weight", "-2", "--init", str(distilled_teacher)]  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--adv-weight" in r.stderr
     assert not (tmp_path / "out").exists()

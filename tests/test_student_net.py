@@ -218,17 +218,6 @@ def rcfg(out, teacher, **kw):
     return DistillConfig(**{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def distilled_teacher(tiny_ckpt, tmp_path_factory):
-    """A few-step (here one-step) UNet student: the teacher the regress method is made for."""
-    out = tmp_path_factory.mktemp("pairs_student")
-    return distill(
-        DistillConfig(teacher=str(tiny_ckpt), output_dir=str(out), method="pairs", cfg_scale=1.5, pairs=16,
-                      batch_size=8, max_steps=1, num_threads=1, device="cpu"),
-        progress=False,
-    )  # fmt: skip
-
-
 def test_regress_trains_a_one_step_net_from_a_distilled_teacher(distilled_teacher, tmp_path):
     from fm_edge.model import load
 
