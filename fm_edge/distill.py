@@ -15,10 +15,13 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
 - ``regress``: a fresh time-free :class:`fm_edge.student_net.OneStepNet` (``student_arch``) learns the
   teacher sampler's map from noise x1 to its digit x0_T on the cached pairs (target x1 - x0_T at t=1). The
   teacher may itself be a distilled few-step student; its baked-in guidance carries over.
-- ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing one-step
-  student (``init``: a UNet or a OneStepNet) keeps regressing onto the cached teacher pairs while a small
-  conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its digits from
-  fresh noise; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred.
+- ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing distilled
+  student (``init``: a UNet, or a OneStepNet for one step) keeps regressing onto the cached teacher pairs
+  while a small conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its
+  digits; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred. One step:
+  digits from fresh noise. ``student_steps`` K > 1: the regression is ``pairs`` at the K grid times (the
+  straight path, so K Euler steps land on the teacher's digit) and the critic scores the digit estimated
+  at each, x_t - t v.
 
 Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
 (seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
@@ -41,6 +44,7 @@ from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.sampler_spec import SamplerSpec
 
 TEACHER_SOLVERS = ("euler", "heun")
+ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial method's student grids
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
@@ -54,7 +58,7 @@ class DistillConfig:
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
     student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
-    init: str | None = None  # adversarial: the one-step student to start from
+    init: str | None = None  # adversarial: the distilled student to start from
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     pairs: int = 4096
@@ -77,9 +81,12 @@ class DistillConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.student_steps not in (1, 2):
+        if self.method == "adversarial":
+            if self.student_steps not in ADVERSARIAL_STEPS:
+                raise UsageError(f"--student-steps must be 1, 2, 4 or 8, got {self.student_steps}")
+        elif self.student_steps not in (1, 2):
             raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
-        if self.method in ("regress", "adversarial") and self.student_steps != 1:
+        if self.method == "regress" and self.student_steps != 1:
             raise UsageError(
                 f"--method {self.method} trains a one-step student: --student-steps 1, not {self.student_steps}"
             )
@@ -219,27 +226,35 @@ def _read_chunk(path: Path, meta: dict, n: int):
 
 
 def sample_times(n: int, student_steps: int, t1_fraction: float, generator) -> object:
-    """Training times: with probability t1_fraction one of the student's Euler grid points (1, or 1 and
-    0.5), else uniform in (0, 1)."""
+    """Training times: with probability t1_fraction one of the student's Euler grid points (1, 1 - 1/K, ...,
+    1/K for K steps), else uniform in (0, 1)."""
     import torch
 
     u = torch.rand(n, generator=generator)
     t = torch.rand(n, generator=generator)
-    grid = torch.tensor([1.0] if student_steps == 1 else [1.0, 0.5])
+    grid = 1.0 - torch.arange(student_steps) / student_steps
     pick = grid[torch.randint(len(grid), (n,), generator=generator)]
     return torch.where(u < t1_fraction, pick, t)
 
 
-def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
-    """MSE between the student's velocity on the straight teacher path and x1 - x0_T."""
+def path_loss(model, x1, labels, x0, t):
+    """(MSE between the student's velocity on the straight teacher path at times t and x1 - x0_T, the
+    student's digit estimate from there: x_t - t v, which one Euler step to t=0 would return)."""
     import torch
 
     from fm_edge.convention import T_SCALE
     from fm_edge.flow import interpolate
 
+    xt = interpolate(x0, x1, t)
+    pred = model(xt, t * T_SCALE, class_labels=labels).sample
+    digit = xt - t.view(-1, 1, 1, 1) * pred
+    return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float()), digit
+
+
+def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
+    """MSE between the student's velocity on the straight teacher path and x1 - x0_T."""
     t = sample_times(len(x1), cfg.student_steps, cfg.t1_fraction, generator).to(x1.device)
-    pred = model(interpolate(x0, x1, t), t * T_SCALE, class_labels=labels).sample
-    return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float())
+    return path_loss(model, x1, labels, x0, t)[0]
 
 
 # --- the regress method ---
@@ -406,23 +421,27 @@ class Regress(Pairs):
 
 
 class Adversarial(Pairs):
-    """An existing one-step student (``--init``): regression on the cached teacher pairs plus ``adv_weight``
-    x the hinge term of a conditional critic that learns, in the same step, real MNIST from its digits."""
+    """An existing distilled student (``--init``) sharpened for ``student_steps`` Euler steps: regression on
+    the cached teacher pairs plus ``adv_weight`` x the hinge term of a conditional critic that learns, in the
+    same step, real MNIST from the student's digits. One step: the digits come from fresh noise. K steps:
+    each pair row sits at one of the K grid times on its straight path (reflow) and the critic scores the
+    digit the student estimates from there, x_t - t v, from the same forward pass as the regression."""
 
     betas = (0.5, 0.99)  # the usual GAN momentum: the critic's target moves every step
 
     def check(self) -> None:
         from fm_edge.data import load_split
-        from fm_edge.model import read_fm_config, resolve
+        from fm_edge.model import check_steps_for, read_fm_config, resolve
+        from fm_edge.sampler_spec import checkpoint_spec
 
         self.init = resolve(self.cfg.init)
         self.init_fm = read_fm_config(self.init)
-        steps = self.init_fm.get("sampler", {}).get("steps")
-        if steps != 1:
+        if not checkpoint_spec(self.init_fm).distilled:
             raise UsageError(
-                f"--init {str(self.init)!r} samples in {steps} steps: the adversarial method sharpens a "
-                "one-step student (fm_edge.json sampler steps 1)"
+                f"--init {str(self.init)!r} samples with classifier-free guidance: the adversarial method "
+                "sharpens a distilled student (written by fm-edge distill)"
             )
+        check_steps_for(self.init, self.cfg.student_steps, "--student-steps")
         self.images, self.labels = load_split(self.cfg.data, "train")
 
     def prepare(self, record: dict, progress: bool) -> None:
@@ -466,13 +485,20 @@ class Adversarial(Pairs):
         takes its own step first, on real digits against the student's."""
         import torch
 
+        from fm_edge.convention import NUM_CLASSES
         from fm_edge.critic import critic_loss, generator_loss
 
-        b = self.cfg.batch_size
-        reg = regress_loss(self.model, x1, y, x0)
-        noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
-        labels = torch.randint(0, 10, (b,), generator=gen).to(self.device)
-        fake = noise - velocity_at_noise(self.model, noise, labels)
+        b, k = self.cfg.batch_size, self.cfg.student_steps
+        if k == 1:
+            reg = regress_loss(self.model, x1, y, x0)
+            noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
+            labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
+            fake = noise - velocity_at_noise(self.model, noise, labels)
+        else:
+            t = sample_times(len(x1), k, 1.0, gen).to(self.device)
+            reg, fake = path_loss(self.model, x1, y, x0, t)
+            keep = y < NUM_CLASSES  # the critic judges conditional digits only
+            fake, labels = fake[keep], y[keep]
         j = self.real_order.batch(step, b)
         d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -686,10 +712,10 @@ def add_arguments(p) -> None:
         help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
         "pairs (rectified-flow distillation on cached teacher samples), regress (a fresh time-free "
         "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student) or "
-        "adversarial (the one-step --init student keeps that regression plus a critic's term, trained on "
+        "adversarial (the distilled --init student keeps that regression plus a critic's term, trained on "
         "real --data digits)",
     )
-    p.add_argument("--init", default=None, help="adversarial: the one-step student folder to start from")
+    p.add_argument("--init", default=None, help="adversarial: the distilled student folder to start from")
     p.add_argument(
         "--data",
         default=None,
@@ -707,7 +733,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--cfg-scale", type=float, default=None, help="guidance scale baked in (default: the teacher's)"
     )
-    p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student: 1 or 2")
+    p.add_argument(
+        "--student-steps",
+        type=int,
+        default=1,
+        help="Euler steps of the student: 1 or 2 (adversarial: 1, 2, 4 or 8)",
+    )
     p.add_argument("--pairs", type=int, default=4096, help="pairs: teacher samples to generate and cache")
     p.add_argument(
         "--teacher-steps", type=int, default=None, help="teacher ODE steps (default: the teacher's)"

@@ -3,6 +3,8 @@
     python scripts/student_curve.py runs/pd3 --curve runs/pd3_curve -n 2000
     python scripts/student_curve.py runs/adv_unet runs/adv_one --curve runs/adv_unet_curve runs/adv_one_curve \
         --name adversarial
+    python scripts/student_curve.py runs/advk8a runs/advk8b --curve runs/advk8a_curve runs/advk8b_curve \
+        --name multistep --steps 4 8 -n 1000
 
 A progressive run (``fm-edge distill --method progressive``) keeps only its last checkpoints, so a watcher
 copies each ``checkpoint-<step>/ema.safetensors`` to ``--curve`` as ``ema-<step>.safetensors`` while it
@@ -90,6 +92,7 @@ def main():
     ap.add_argument("--name", default="student", help="docs/results/<name>_curve.json, docs/<name>_curve.png")
     ap.add_argument("--teacher", type=Path, default=ROOT / "fm_edge" / "checkpoints" / "compact-mnist")
     ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="sample at these steps (default: own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export-round", type=int, default=None)
     ap.add_argument("-o", "--output", type=Path, default=None)
@@ -129,18 +132,22 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
         step = int(path.stem.split("-")[1])
         r = min(n_rounds - 1, (step - 1) * n_rounds // settings["max_steps"])
-        steps = 1 if adversarial else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
+        steps = record["student_steps"] if adversarial else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
         with tempfile.TemporaryDirectory() as tmp:
             folder = student_folder(ema_weights(path, base), base, steps, record, Path(tmp))
-            rep = score(folder, steps, args.n, args.threads)
-        label = f"{steps}-step student" + (
-            f", adversarial from {Path(record['init']).name}" if adversarial else ""
-        )
-        row = {"run": str(run), "label": label, "step": step, "round": r, "student_steps": steps,
-               "images_seen": step * settings["batch_size"], "fd": rep["fd"], "floor": rep["fd_floor"],
-               "ratio": rep["fd"] / rep["fd_floor"], "label_accuracy": rep["label_accuracy"]}  # fmt: skip
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        rows.append(row)
+            for k in args.steps or [steps]:
+                rep = score(folder, k, args.n, args.threads)
+                label = f"{steps}-step student" + (
+                    f", adversarial {settings['adv_weight']:g} from {Path(record['init']).name}, run for {k}"
+                    if adversarial
+                    else ""
+                )
+                row = {"run": str(run), "label": label, "step": step, "round": r, "student_steps": steps,
+                       "sampled_steps": k, "images_seen": step * settings["batch_size"], "fd": rep["fd"],
+                       "floor": rep["fd_floor"], "ratio": rep["fd"] / rep["fd_floor"],
+                       "label_accuracy": rep["label_accuracy"]}  # fmt: skip
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
     return rows
 
 

@@ -8,14 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_student_net import rcfg
 
 from fm_edge.distill import distill
 from fm_edge.errors import UsageError
 
 
 def acfg(out, teacher, init, data, **kw):
-    from test_student_net import rcfg
-
     return rcfg(out, teacher, **{"method": "adversarial", "init": init and str(init), "data": data,
                                  "adv_weight": 0.5, **kw})  # fmt: skip
 
@@ -79,6 +78,37 @@ def test_adversarial_sharpens_the_init_and_keeps_its_sampler(distilled_teacher, 
     assert any("label_embedding" in k for k in critic) and (ckpt / "critic_optimizer.safetensors").is_file()
     state = json.loads((ckpt / "state.json").read_text())
     assert len(state["losses"]) == 4 and all(np.isfinite(v) for _, v in state["losses"])
+
+
+def test_multi_step_grid_times_and_digit_estimate():
+    """K steps train on the K Euler grid times, each about equally often; on the straight path, the exact
+    velocity x1 - x0 makes the digit estimate x_t - t v the teacher's digit at every time."""
+    from fm_edge.distill import path_loss, sample_times
+
+    t = sample_times(4000, 4, 1.0, torch.Generator().manual_seed(0))
+    values, counts = torch.unique(t, return_counts=True)
+    assert values.tolist() == [0.25, 0.5, 0.75, 1.0] and counts.min() > 900
+    g = torch.Generator().manual_seed(1)
+    x0, x1 = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, t, class_labels=None):
+            return type("Out", (), {"sample": x1 - x0})()
+
+    loss, digit = path_loss(Exact(), x1, torch.zeros(4, dtype=torch.long), x0, t[:4])
+    assert loss.item() == 0.0 and torch.allclose(digit, x0, atol=1e-6)
+
+
+def test_multi_step_student_from_a_unet_init(distilled_teacher, tiny_data, tmp_path):
+    """--student-steps 4 from a one-step UNet: the result samples in 4 Euler steps, its critic trained."""
+    from fm_edge.backends import torch_backend
+
+    folder = distill(acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, student_steps=4),
+                     progress=False)  # fmt: skip
+    backend = torch_backend(folder, num_threads=1)
+    assert backend.sampler.steps == 4 and backend.sampler.cfg_scale == 1.0
+    assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["student_steps"] == 4
+    assert (tmp_path / "checkpoint-4" / "critic.safetensors").is_file()
 
 
 def test_the_critic_term_changes_the_update(distilled_teacher, tiny_data, tmp_path):
@@ -159,7 +189,7 @@ def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path)
         (dict(init=None), "pass --init DIR"),
         (dict(adv_weight=-1.0), "--adv-weight must be a finite number >= 0"),
         (dict(adv_weight=float("nan")), "--adv-weight must be a finite number >= 0"),
-        (dict(student_steps=2), "--student-steps 1, not 2"),
+        (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
     ],
 )
 def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teacher, tiny_data, tmp_path):
@@ -172,8 +202,13 @@ def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teach
 
 
 def test_adversarial_bad_files_write_nothing(distilled_teacher, tiny_ckpt, tiny_data, tmp_path):
-    with pytest.raises(UsageError, match="samples in 3 steps"):  # the tiny teacher is no one-step student
+    with pytest.raises(UsageError, match="samples with classifier-free guidance"):  # not a student
         distill(acfg(tmp_path / "out", distilled_teacher, tiny_ckpt, tiny_data), progress=False)
+    one_step = distill(rcfg(tmp_path / "regress", distilled_teacher, max_steps=1), progress=False)
+    with pytest.raises(UsageError, match="--student-steps 2: this one-step student .* runs exactly 1 step"):
+        distill(
+            acfg(tmp_path / "out", distilled_teacher, one_step, tiny_data, student_steps=2), progress=False
+        )
     with pytest.raises(UsageError, match="holds no MNIST 'train' split"):
         distill(acfg(tmp_path / "out", distilled_teacher, distilled_teacher, str(tmp_path)), progress=False)
     (tmp_path / "empty").mkdir()
