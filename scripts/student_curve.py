@@ -126,9 +126,10 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     record = run_settings(run)
     settings = record["settings"]
     adversarial = record["method"] == "adversarial"
-    # the run's own student (or, for a run stopped early, its init) has the config of the student it trains
-    own = run / "model" if (run / "model").is_dir() else Path(record.get("init", ""))
-    base = own if adversarial else args.teacher
+    if adversarial:  # the run's own student, or for a run stopped before model/ its init, has its config
+        base = run / "model" if (run / "model").is_dir() else Path(record["init"])
+    else:
+        base = args.teacher
     n_rounds = 1 if adversarial else len(record["rounds"]) - 1
     rows = []
     for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):

@@ -4,6 +4,7 @@ critic's own losses, its checkpoints, exact resume after an interrupt and after 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_multi_step_grid_times_and_digit_estimate():
 
     class Exact(torch.nn.Module):
         def forward(self, x, t, class_labels=None):
-            return type("Out", (), {"sample": x1 - x0})()
+            return SimpleNamespace(sample=x1 - x0)
 
     loss, digit = path_loss(Exact(), x1, torch.zeros(4, dtype=torch.long), x0, t[:4])
     assert loss.item() == 0.0 and torch.allclose(digit, x0, atol=1e-6)
