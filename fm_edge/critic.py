@@ -3,8 +3,10 @@
 A small conditional critic: three strided 4x4 convs (32 -> 16 -> 8 -> 4) with LeakyReLU, then a linear score
 plus a projection term, the inner product of the features with a learned embedding of the label (labels
 0-9 only: the adversarial term trains the conditional digits). Every weight is spectrally normalised, which
-keeps the hinge game stable without a gradient penalty. It exists only during training: the checkpoints
-hold it (so ``--resume`` continues the same game), the shipped student does not.
+keeps the hinge game stable without a gradient penalty. A linear class head on the same features (an
+auxiliary classifier, trained on real digits only) lets the student be penalised for a digit that reads as
+another class (``--class-weight``). It exists only during training: the checkpoints hold it (so ``--resume``
+continues the same game), the shipped student does not.
 """
 
 from __future__ import annotations
@@ -29,25 +31,33 @@ class Critic(nn.Module):
         n = chans[-1] * (size // 8) ** 2
         self.score = spectral_norm(nn.Linear(n, 1))
         self.label_embedding = spectral_norm(nn.Embedding(NUM_CLASSES, n))
+        self.classify = nn.Linear(n, NUM_CLASSES)
+
+    def heads(self, x, labels):
+        """(score [B], class logits [B, 10]) from one pass through the features."""
+        h = self.features(x).flatten(1)
+        return self.score(h).squeeze(1) + (self.label_embedding(labels) * h).sum(1), self.classify(h)
 
     def forward(self, x, labels):
-        h = self.features(x).flatten(1)
-        return self.score(h).squeeze(1) + (self.label_embedding(labels) * h).sum(1)
+        return self.heads(x, labels)[0]
 
 
-def critic_loss(critic, real, real_labels, fake, fake_labels):
-    """The critic's hinge loss: real digits scored above +1, the student's (detached) digits below -1."""
-    return (
-        F.relu(1 - critic(real, real_labels)).mean() + F.relu(1 + critic(fake.detach(), fake_labels)).mean()
-    )
+def critic_loss(critic, real, real_labels, fake, fake_labels, classify: bool = False):
+    """The critic's hinge loss: real digits scored above +1, the student's (detached) digits below -1; with
+    ``classify``, plus the class head's cross-entropy on the real digits' labels."""
+    score, logits = critic.heads(real, real_labels)
+    loss = F.relu(1 - score).mean() + F.relu(1 + critic(fake.detach(), fake_labels)).mean()
+    return loss + F.cross_entropy(logits, real_labels) if classify else loss
 
 
 def generator_loss(critic, fake, labels):
-    """The student's hinge term: raise the critic's score of its digits (the critic's weights get no gradient)."""
+    """The student's terms (the critic's weights get no gradient): the hinge term, which raises the critic's
+    score of its digits, and the class term, the class head's cross-entropy against the digits' labels."""
     for p in critic.parameters():
         p.requires_grad_(False)
     try:
-        return -critic(fake, labels).mean()
+        score, logits = critic.heads(fake, labels)
+        return -score.mean(), F.cross_entropy(logits, labels)
     finally:
         for p in critic.parameters():
             p.requires_grad_(True)

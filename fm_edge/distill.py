@@ -18,7 +18,8 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
 - ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing distilled
   student (``init``: a UNet, or a OneStepNet for one step) keeps regressing onto the cached teacher pairs
   while a small conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its
-  digits; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred. One step:
+  digits; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred, and
+  ``class_weight`` x its class head's cross-entropy keeps each digit in its label's class. One step:
   digits from fresh noise. ``student_steps`` K > 1: the regression is ``pairs`` at the K grid times (the
   straight path, so K Euler steps land on the teacher's digit) and the critic scores the digit estimated
   at each, x_t - t v.
@@ -61,6 +62,7 @@ class DistillConfig:
     init: str | None = None  # adversarial: the distilled student to start from
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
+    class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -93,8 +95,11 @@ class DistillConfig:
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from a one-step student: pass --init DIR")
-            if not (self.adv_weight >= 0 and math.isfinite(self.adv_weight)):
-                raise UsageError(f"--adv-weight must be a finite number >= 0, got {self.adv_weight}")
+            for name in ("adv_weight", "class_weight"):
+                if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                    raise UsageError(
+                        f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}"
+                    )
         if self.method == "regress":
             from fm_edge.student_net import ARCHS
 
@@ -500,13 +505,16 @@ class Adversarial(Pairs):
             keep = y < NUM_CLASSES  # the critic judges conditional digits only
             fake, labels = fake[keep], y[keep]
         j = self.real_order.batch(step, b)
-        d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels)
+        classify = self.cfg.class_weight > 0
+        d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels, classify)
         self.critic_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.critic_opt.step()
-        g_loss = generator_loss(self.critic, fake, labels)
+        g_loss, c_loss = generator_loss(self.critic, fake, labels)
         self.figures = {"reg": f"{reg.item():.4f}", "critic": f"{d_loss.item():.3f}"}
-        return reg + self.cfg.adv_weight * g_loss
+        if classify:
+            self.figures["class"] = f"{c_loss.item():.3f}"
+        return reg + self.cfg.adv_weight * g_loss + self.cfg.class_weight * c_loss
 
 
 class Progressive(Method):
@@ -724,6 +732,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--adv-weight", type=float, default=DistillConfig.adv_weight,
         help="adversarial: weight of the critic's term beside the regression",
+    )  # fmt: skip
+    p.add_argument(
+        "--class-weight", type=float, default=DistillConfig.class_weight,
+        help="adversarial: weight of the cross-entropy of the critic's class head (trained on real digits) "
+        "against each student digit's label, which keeps digits in their class (0: off)",
     )  # fmt: skip
     p.add_argument(
         "--student-arch",

@@ -28,11 +28,11 @@ def test_critic_losses_train_only_their_own_side():
     gen = torch.nn.Conv2d(1, 1, 3, padding=1)
     real, labels = torch.rand(4, 1, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 3])
     fake = gen(torch.randn(4, 1, 32, 32))
-    critic_loss(critic, real, labels, fake, labels).backward()
+    critic_loss(critic, real, labels, fake, labels, classify=True).backward()
     assert gen.weight.grad is None  # the critic's step sees detached fakes
     assert all(p.grad is not None for p in critic.parameters())
     critic.zero_grad(set_to_none=True)
-    generator_loss(critic, fake, labels).backward()
+    sum(generator_loss(critic, fake, labels)).backward()
     assert gen.weight.grad is not None and gen.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in critic.parameters())  # the student's step leaves the critic alone
     assert all(p.requires_grad for p in critic.parameters())
@@ -54,6 +54,49 @@ def test_critic_learns_to_tell_real_digits_from_noise(tiny_data):
         opt.step()
     with torch.no_grad():
         assert critic(real, y).mean() > critic(fake, y).mean() + 1.0
+
+
+def test_class_head_learns_real_labels_and_penalises_the_wrong_class(tiny_data):
+    from torch.nn import functional as F
+
+    from fm_edge.critic import Critic, critic_loss, generator_loss
+    from fm_edge.data import load_split, model_space
+
+    images, labels = load_split(tiny_data, "train")
+    real, y = torch.from_numpy(model_space(images[:64])), torch.from_numpy(labels[:64])
+    fake = torch.randn(64, 1, 32, 32).clamp(-1, 1)
+    torch.manual_seed(0)
+    critic = Critic(width=8).eval()  # eval: spectral norm's power iteration stands still between the calls
+    with torch.no_grad():  # without classify the loss is the hinge alone; with it, plus the real digits' CE
+        plain = critic_loss(critic, real, y, fake, y)
+        assert torch.allclose(
+            critic_loss(critic, real, y, fake, y, classify=True),
+            plain + F.cross_entropy(critic.heads(real, y)[1], y),
+        )
+    critic.train()
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.99))
+    for _ in range(80):
+        opt.zero_grad()
+        critic_loss(critic, real, y, fake, y, classify=True).backward()
+        opt.step()
+    with torch.no_grad():
+        assert (critic.heads(real, y)[1].argmax(1) == y).float().mean() > 0.9
+        wrong = (y + 1) % 10
+        assert generator_loss(critic, real, y)[1] + 1.0 < generator_loss(critic, real, wrong)[1]
+
+
+def test_the_class_term_changes_the_update_and_is_recorded(distilled_teacher, tiny_data, tmp_path):
+    from fm_edge.model import load
+
+    def run(w):
+        cfg = acfg(tmp_path / str(w), distilled_teacher, distilled_teacher, tiny_data, max_steps=2)
+        cfg.adv_weight, cfg.class_weight = 0.0, w
+        return distill(cfg, progress=False)
+
+    runs = [run(0.0), run(1.0)]
+    (plain, _), (kept, fm) = load(runs[0]), load(runs[1])
+    assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), kept.parameters()))
+    assert fm["distillation"]["settings"]["class_weight"] == 1.0
 
 
 def test_adversarial_sharpens_the_init_and_keeps_its_sampler(distilled_teacher, tiny_data, tmp_path):
@@ -190,6 +233,8 @@ def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path)
         (dict(init=None), "pass --init DIR"),
         (dict(adv_weight=-1.0), "--adv-weight must be a finite number >= 0"),
         (dict(adv_weight=float("nan")), "--adv-weight must be a finite number >= 0"),
+        (dict(class_weight=-0.5), "--class-weight must be a finite number >= 0"),
+        (dict(class_weight=float("inf")), "--class-weight must be a finite number >= 0"),
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
     ],
 )
@@ -223,4 +268,9 @@ def test_adversarial_cli_errors_are_one_line(distilled_teacher, tmp_path):
             str(distilled_teacher), "-o", str(tmp_path / "out"), "--adv-weight", "-2", "--init", str(distilled_teacher)]  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--adv-weight" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = subprocess.run(
+        [*argv[:-4], "--class-weight", "nan", *argv[-2:]], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--class-weight" in r.stderr
     assert not (tmp_path / "out").exists()
