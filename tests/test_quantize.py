@@ -169,6 +169,9 @@ def test_isa_is_read_from_cpuinfo(tmp_path):
     f.write_text("model name\t: Test CPU\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n")
     isa = isa_seen(str(f))
     assert isa["vnni"] and not isa["amx"] and "avx512_vnni" in isa["flags"] and isa["model"] == "Test CPU"
+    assert not isa["bf16"]
+    f.write_text("flags\t\t: avx2 avx512f avx512_bf16\n")
+    assert isa_seen(str(f))["bf16"] and not isa_seen(str(f))["vnni"]
     assert isa_seen(str(tmp_path / "missing"))["flags"] == []
 
 

@@ -25,7 +25,8 @@ FLAGS = (
 
 
 def isa_seen(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """{'model', 'flags': [...present of FLAGS], 'vnni': bool, 'amx': bool, 'int8_path': str}."""
+    """{'model', 'flags': [...present of FLAGS], 'vnni': bool, 'amx': bool, 'bf16': bool (native bf16 dot
+    products: AVX512-BF16 or AMX), 'int8_path': str}."""
     have: set[str] = set()
     model = platform.processor() or platform.machine()
     try:
@@ -48,4 +49,5 @@ def isa_seen(cpuinfo: str = "/proc/cpuinfo") -> dict:
         path = "AVX2 without VNNI (vpmaddubsw + vpmaddwd)"
     else:
         path = "unknown (no /proc/cpuinfo flags)" if not have else "pre-AVX2"
-    return {"model": model, "flags": flags, "vnni": vnni, "amx": amx, "int8_path": path}
+    bf16 = "avx512_bf16" in have or "amx_bf16" in have
+    return {"model": model, "flags": flags, "vnni": vnni, "amx": amx, "bf16": bf16, "int8_path": path}
