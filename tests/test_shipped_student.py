@@ -22,7 +22,9 @@ def test_student_records_its_teacher_and_its_guidance():
     four = json.loads((STUDENT_4STEP / "fm_edge.json").read_text())
     for rec in (fm["distillation"], four["distillation"]):
         assert rec["method"] == "adversarial" and rec["teacher_sha256"] == weights_hash(SHIPPED)
-    assert four["sampler"]["steps"] == 4 and four["distillation"]["student_steps"] == 8  # 4-step grid within 8
+    assert (
+        four["sampler"]["steps"] == 4 and four["distillation"]["student_steps"] == 8
+    )  # 4-step grid within 8
     assert four["sampler"]["distilled_cfg_scale"] == fm["sampler"]["distilled_cfg_scale"]
     assert (
         fm["sampler"]["distilled_cfg_scale"]
