@@ -92,6 +92,10 @@ def torch_backend(
     device = torch_device(device)
     if num_threads:
         torch.set_num_threads(num_threads)
+    if bf16:
+        from fm_edge.quantize.cpu import warn_emulated_bf16
+
+        warn_emulated_bf16(device)
     model, fm = load(model_dir, device=device)
     velocity = velocity_fn(model, bf16=bf16)
     solve = None

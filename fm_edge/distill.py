@@ -95,11 +95,9 @@ class DistillConfig:
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from a one-step student: pass --init DIR")
-            for name in ("adv_weight", "class_weight"):
-                if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                    raise UsageError(
-                        f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}"
-                    )
+            for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
+                if not (weight >= 0 and math.isfinite(weight)):
+                    raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
         if self.method == "regress":
             from fm_edge.student_net import ARCHS
 
@@ -632,6 +630,10 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
         _check_same_run(out, resumed.get("record", {}), record)
         state = resumed
     ema.to(device)
+    if cfg.bf16:
+        from fm_edge.quantize.cpu import warn_emulated_bf16
+
+        warn_emulated_bf16(device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.bf16)
 
     def step_loss(step: int):

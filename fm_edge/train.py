@@ -99,21 +99,6 @@ def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, s
     return save_inference_folder(out_dir, model, ema, config)
 
 
-def warn_emulated_bf16(isa: dict | None = None) -> bool:
-    """One line on stderr when this CPU has no native bf16 (no AVX512-BF16, no AMX): autocast then emulates it."""
-    from fm_edge.quantize.cpu import isa_seen
-
-    isa = isa or isa_seen()
-    if not isa["flags"] or isa["bf16"]:  # unknown CPU (no /proc/cpuinfo), or native bf16
-        return False
-    print(
-        f"warning: --bf16 on {isa['model']}, which has no AVX512-BF16 or AMX: bf16 is emulated and several "
-        "times slower than fp32 here; drop --bf16",
-        file=sys.stderr,
-    )
-    return True
-
-
 def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
     """Train, checkpointing every ``checkpoint_every`` steps; returns the inference folder."""
     cfg.validate()
@@ -138,8 +123,10 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     # several processes becomes a gloo MULTI_CPU run instead of silently training each process alone.
     accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     device = accelerator.device
-    if cfg.bf16 and device.type == "cpu":
-        warn_emulated_bf16()
+    if cfg.bf16:
+        from fm_edge.quantize.cpu import warn_emulated_bf16
+
+        warn_emulated_bf16(device.type)
     if device.type == "cuda":
         # autotuned conv kernels: faster, but a resumed GPU run then matches the straight one only
         # statistically (on CPU it is bit-exact)

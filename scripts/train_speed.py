@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         if v not in VARIANTS:
             p.error(f"unknown variant {v!r}: choose from {', '.join(VARIANTS)}")
     env = collect()
-    out = {"cpu": env["cpu"], "cpu_flags": env.get("cpu_flags"), "torch": torch.__version__,
+    out = {"cpu": env["cpu"], "cpu_flags": env["cpu_flags"], "torch": torch.__version__,
            "num_threads": args.num_threads, "batch_size": args.batch_size, "rounds": args.rounds, "presets": {}}  # fmt: skip
     b = args.batch_size
     for preset in args.presets.split(","):
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         out["presets"][preset] = row
         print(f"{preset}: " + ", ".join(f"{v} {r['images_per_s']} img/s ({r.get('speedup_vs_fp32', '-')}x)"
                                         for v, r in row.items()), flush=True)  # fmt: skip
-    print(f"{env['cpu']} ({', '.join(env.get('cpu_flags') or [])}), {args.num_threads} threads, batch {b}")
+    print(f"{env['cpu']} ({', '.join(env['cpu_flags'])}), {args.num_threads} threads, batch {b}")
     if args.json:
         from fm_edge.atomic import write_bytes
 

@@ -175,6 +175,21 @@ def test_isa_is_read_from_cpuinfo(tmp_path):
     assert isa_seen(str(tmp_path / "missing"))["flags"] == []
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(capsys):
+    from fm_edge.quantize.cpu import warn_emulated_bf16
+
+    amd_avx2 = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}
+    assert warn_emulated_bf16("cpu", amd_avx2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "emulated" in err[0] and "AVX2 CPU" in err[0]
+    assert not warn_emulated_bf16("cpu", {**amd_avx2, "flags": ["avx512_bf16"], "bf16": True})
+    assert not warn_emulated_bf16(
+        "cpu", {"model": "unknown", "flags": [], "bf16": False}
+    )  # no cpuinfo: no guess
+    assert not warn_emulated_bf16("cuda", amd_avx2)  # bf16 autocast on a GPU is native
+    assert capsys.readouterr().err == ""
+
+
 def test_psnr_and_sqnr_basics():
     a = np.zeros((2, 28, 28), np.uint8)
     b = a.copy()

@@ -385,15 +385,3 @@ def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
     assert p["images_per_s"] == 50 * 512 / 2  # 12,800 images/s between checkpoints 100 and 150
     assert p["steps"] == 300 * 25 and p["checkpoint_every"] == 60 * 25 and p["epochs"] == 64.0
     assert mod.plan(tmp_path, 512, 1, 60000, 60, min_steps=200)["steps"] == 200
-
-
-def test_bf16_on_a_cpu_without_native_bf16_warns_in_one_line(capsys):
-    from fm_edge.train import warn_emulated_bf16
-
-    amd_avx2 = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}
-    assert warn_emulated_bf16(amd_avx2)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "emulated" in err[0] and "AVX2 CPU" in err[0]
-    assert not warn_emulated_bf16({**amd_avx2, "flags": ["avx512_bf16"], "bf16": True})
-    assert not warn_emulated_bf16({"model": "unknown", "flags": [], "bf16": False})  # no cpuinfo: no guess
-    assert capsys.readouterr().err == ""

@@ -9,6 +9,7 @@ conv, before any Q/DQ overhead.
 from __future__ import annotations
 
 import platform
+import sys
 
 FLAGS = (
     "avx2",
@@ -51,3 +52,19 @@ def isa_seen(cpuinfo: str = "/proc/cpuinfo") -> dict:
         path = "unknown (no /proc/cpuinfo flags)" if not have else "pre-AVX2"
     bf16 = "avx512_bf16" in have or "amx_bf16" in have
     return {"model": model, "flags": flags, "vnni": vnni, "amx": amx, "bf16": bf16, "int8_path": path}
+
+
+def warn_emulated_bf16(device: str, isa: dict | None = None) -> bool:
+    """For bf16 autocast on ``device``: one line on stderr when that is this CPU and it has no native bf16 (no
+    AVX512-BF16, no AMX), where autocast emulates it."""
+    if device != "cpu":
+        return False
+    isa = isa or isa_seen()
+    if not isa["flags"] or isa["bf16"]:  # unknown CPU (no /proc/cpuinfo), or native bf16
+        return False
+    print(
+        f"warning: bf16 autocast on {isa['model']}, which has no AVX512-BF16 or AMX, is emulated and several "
+        "times slower than fp32: drop --bf16 here",
+        file=sys.stderr,
+    )
+    return True
