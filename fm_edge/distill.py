@@ -483,23 +483,33 @@ class Adversarial(Pairs):
     def postfix(self, step: int) -> dict:
         return self.figures
 
+    def _regression_only(self, reg):
+        self.figures = {"reg": f"{reg.item():.4f}"}
+        return reg
+
     def pair_loss(self, step: int, x1, y, x0, gen):
         """The regression on this step's pairs plus adv_weight x the critic's term on fresh noise; the critic
-        takes its own step first, on real digits against the student's."""
+        takes its own step first, on real digits against the student's. With both weights 0 the critic does no
+        work (plain regression or reflow); it is still checkpointed, unchanged."""
         import torch
 
         from fm_edge.convention import NUM_CLASSES
         from fm_edge.critic import critic_loss, generator_loss
 
         b, k = self.cfg.batch_size, self.cfg.student_steps
+        rests = self.cfg.adv_weight == 0 and self.cfg.class_weight == 0  # plain regression: no critic work
         if k == 1:
             reg = regress_loss(self.model, x1, y, x0)
+            if rests:
+                return self._regression_only(reg)
             noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
             labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
             fake = noise - velocity_at_noise(self.model, noise, labels)
         else:
             t = sample_times(len(x1), k, 1.0, gen).to(self.device)
             reg, fake = path_loss(self.model, x1, y, x0, t)
+            if rests:
+                return self._regression_only(reg)
             keep = y < NUM_CLASSES  # the critic judges conditional digits only
             fake, labels = fake[keep], y[keep]
         j = self.real_order.batch(step, b)

@@ -169,6 +169,25 @@ def test_the_critic_term_changes_the_update(distilled_teacher, tiny_data, tmp_pa
     assert any(not torch.equal(a, b) for a, b in zip(plain.parameters(), sharp.parameters()))
 
 
+def test_with_both_weights_zero_the_critic_does_no_work(distilled_teacher, tiny_data, tmp_path):
+    """Plain regression (adv and class weight 0) leaves the critic as it was made: no steps, no updates."""
+    from safetensors.torch import load_file
+
+    from fm_edge.critic import Critic
+
+    cfg = acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, adv_weight=0.0, max_steps=2)
+    distill(cfg, progress=False)
+    torch.manual_seed(cfg.seed)
+    fresh = Critic().state_dict()
+    saved = load_file(tmp_path / "checkpoint-2" / "critic.safetensors")
+    assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    cfg = acfg(tmp_path / "b", distilled_teacher, distilled_teacher, tiny_data, class_weight=0.5, adv_weight=0.0,
+               max_steps=2)  # fmt: skip
+    distill(cfg, progress=False)
+    moved = load_file(tmp_path / "b" / "checkpoint-2" / "critic.safetensors")
+    assert any(not torch.equal(moved[k], fresh[k]) for k in fresh)
+
+
 def test_adversarial_interrupted_resumes_exactly(distilled_teacher, tiny_data, tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from test_distill import _assert_same_run
