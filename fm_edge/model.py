@@ -175,6 +175,13 @@ def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
     except Exception as exc:  # diffusers raises OSError/ValueError/SafetensorError for bad files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FmEdgeError(f"checkpoint {str(path)!r} could not be loaded: {msg}") from None
+    # diffusers leaves parameters that the weights file does not name on the meta device
+    empty = [name for name, p in model.named_parameters() if p.is_meta]
+    if empty:
+        raise FmEdgeError(
+            f"checkpoint {str(path)!r} has no weights for {len(empty)} of the parameters in its config.json "
+            f"(the first: {empty[0]}): its safetensors file was written for another model"
+        )
     return model.to(device).eval(), read_fm_config(path)
 
 

@@ -49,6 +49,12 @@ def ws(tmp_path_factory, tiny_ckpt, tiny_onnx, tiny_data):
         (bad / name / broken).write_bytes(
             (tiny_ckpt / broken).read_bytes()[: 200 if "safe" in broken else 30]
         )
+    # a checkpoint whose weights file holds other names (an EMA copy from a training checkpoint, say)
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(tiny_ckpt, bad / "foreign")
+    weights = bad / "foreign" / "diffusion_pytorch_model.safetensors"
+    save_file({f"shadow.{i}": v for i, v in enumerate(load_file(weights).values())}, weights)
     # a training checkpoint whose EMA file is cut short
     shutil.copytree(root / "run" / "checkpoint-2", bad / "checkpoint-2")
     ema = bad / "checkpoint-2" / "ema.safetensors"
@@ -136,6 +142,12 @@ CASES = [
         ["sample", "--model", "{ws}/bad/truncated", "-o", "{ws}/out/samples.npz"],
         1,
         ["truncated", "could not be loaded"],
+    ),  # fmt: skip
+    (
+        "safetensors-foreign-names",
+        ["sample", "--model", "{ws}/bad/foreign", "-o", "{ws}/out/samples.npz"],
+        1,
+        ["foreign", "no weights for", "conv_in"],
     ),  # fmt: skip
     (
         "config-corrupt",
