@@ -38,6 +38,10 @@ ARCHS: dict[str, dict] = {
 }
 
 
+#: what the last conv outputs: the velocity itself, or the digit (velocity = noise - digit, outside the convs)
+PREDICTIONS = ("velocity", "digit")
+
+
 class _Block(nn.Module):
     """``h + conv2(relu(conv1(h)))``; conv2 starts at zero so every block starts as the identity."""
 
@@ -77,6 +81,7 @@ class OneStepNet(ModelMixin, ConfigMixin):
         block_out_channels: tuple[int, ...] = (64, 128),
         layers_per_block: int | tuple[int, ...] = 2,
         up_layers_per_block: int | tuple[int, ...] = 1,
+        prediction: str = "velocity",
     ):
         super().__init__()
         chans = tuple(block_out_channels)
@@ -93,6 +98,8 @@ class OneStepNet(ModelMixin, ConfigMixin):
         for name, v in (("label_channels", label_channels), ("num_class_embeds", num_class_embeds)):
             if v < 1:
                 raise UsageError(f"{name} must be >= 1, got {v}")
+        if prediction not in PREDICTIONS:
+            raise UsageError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         down = _per_level(layers_per_block, levels, "layers_per_block")
         up = _per_level(up_layers_per_block, levels - 1, "up_layers_per_block") if levels > 1 else ()
         self.label_embedding = nn.Embedding(num_class_embeds, label_channels)
@@ -135,6 +142,8 @@ class OneStepNet(ModelMixin, ConfigMixin):
         x = self.conv_out(x)
         if self.config.patch_size > 1:
             x = F.pixel_shuffle(x, self.config.patch_size)
+        if self.config.prediction == "digit":
+            x = sample - x  # the net draws the digit; the noise reaches the velocity exactly, in float
         return UNet2DOutput(sample=x) if return_dict else (x,)
 
 

@@ -54,6 +54,22 @@ def test_blocks_start_as_the_identity():
     torch.testing.assert_close(model.down_blocks[0](h), h, rtol=0, atol=0)
 
 
+def test_digit_prediction_passes_the_noise_through_exactly():
+    """prediction="digit": the last conv draws the digit and the velocity is noise - digit, so a net whose
+    last conv outputs nothing has velocity = the noise (a velocity net would give 0); same weights otherwise."""
+    x, t, y = inputs()
+    vel = randomized(OneStepNet(**TINY))
+    dig = OneStepNet(**TINY, prediction="digit")
+    dig.load_state_dict(vel.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(dig(x, t, class_labels=y).sample, x - vel(x, t, class_labels=y).sample)
+        for m in (vel, dig):
+            m.conv_out.weight.zero_()
+            m.conv_out.bias.zero_()
+        assert torch.equal(dig(x, t, class_labels=y).sample, x)
+        assert not vel(x, t, class_labels=y).sample.any()
+
+
 def test_seeded_construction_is_deterministic():
     torch.manual_seed(5)
     a = build("tiny")
@@ -89,6 +105,7 @@ def test_save_pretrained_round_trip_and_fm_edge_load(tmp_path):
         (dict(layers_per_block=(1, 1, 1)), "layers_per_block must be one int"),
         (dict(sample_size=30), "not divisible"),
         (dict(label_channels=0), "label_channels must be >= 1"),
+        (dict(prediction="noise"), "prediction must be one of velocity, digit"),
     ],
 )
 def test_bad_configs_are_one_usage_error(kw, match):
@@ -106,12 +123,13 @@ def test_unknown_arch_and_unknown_class_are_refused(tmp_path):
         model_class(tmp_path)
 
 
-def test_onnx_export_equals_torch_and_has_no_time_path(tmp_path):
+@pytest.mark.parametrize("prediction", ["velocity", "digit"])
+def test_onnx_export_equals_torch_and_has_no_time_path(prediction, tmp_path):
     import onnxruntime as ort
 
     from fm_edge.export.velocity import INPUTS, export_velocity
 
-    model = randomized(OneStepNet(**TINY))
+    model = randomized(OneStepNet(**TINY, prediction=prediction))
     proto = export_velocity(model)
     assert tuple(i.name for i in proto.graph.input) == INPUTS  # the unused timestep is kept as an input
     ops = {n.op_type for n in proto.graph.node}
@@ -126,7 +144,8 @@ def test_onnx_export_equals_torch_and_has_no_time_path(tmp_path):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_student_recipe_keeps_the_net_in_int8(tmp_path):
+@pytest.mark.parametrize("prediction", ["velocity", "digit"])
+def test_int8_student_recipe_keeps_the_net_in_int8(prediction, tmp_path):
     import onnx
 
     from fm_edge.export.velocity import export_velocity
@@ -135,7 +154,7 @@ def test_int8_student_recipe_keeps_the_net_in_int8(tmp_path):
     from fm_edge.quantize.ort_int8 import quantize_velocity
     from fm_edge.quantize.sqnr import output_sqnr
 
-    model = randomized(OneStepNet(**TINY))
+    model = randomized(OneStepNet(**TINY, prediction=prediction))
     with torch.no_grad():  # tame the random net so activations stay in a sane range
         for name, p in model.named_parameters():
             if "conv2" in name:
