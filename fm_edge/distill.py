@@ -753,7 +753,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--student-arch",
         default=DistillConfig.student_arch,
-        help="regress: the one-step net's size (fm_edge.student_net.ARCHS)",
+        help="regress: the one-step net's size (fm_edge.student_net.ARCHS); a '-digit' name draws the digit "
+        "and takes the noise through in float (velocity = noise - digit): less int8 error",
     )
     p.add_argument(
         "--cfg-scale", type=float, default=None, help="guidance scale baked in (default: the teacher's)"

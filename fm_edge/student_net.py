@@ -37,9 +37,10 @@ ARCHS: dict[str, dict] = {
     "tiny": dict(patch_size=2, block_out_channels=(8, 16), layers_per_block=(1, 1), label_channels=4),
 }
 
-
 #: what the last conv outputs: the velocity itself, or the digit (velocity = noise - digit, outside the convs)
 PREDICTIONS = ("velocity", "digit")
+#: each size also draws the digit: "<name>-digit" (better in int8 and in training, docs/int8.md)
+ARCHS.update({f"{name}-digit": dict(arch, prediction="digit") for name, arch in list(ARCHS.items())})
 
 
 class _Block(nn.Module):

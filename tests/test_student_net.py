@@ -237,13 +237,15 @@ def rcfg(out, teacher, **kw):
     return DistillConfig(**{**base, **kw})
 
 
-def test_regress_trains_a_one_step_net_from_a_distilled_teacher(distilled_teacher, tmp_path):
+@pytest.mark.parametrize("arch", ["tiny", "tiny-digit"])
+def test_regress_trains_a_one_step_net_from_a_distilled_teacher(arch, distilled_teacher, tmp_path):
     from fm_edge.model import load
 
-    folder = distill(rcfg(tmp_path, distilled_teacher, max_steps=6), progress=False)
+    folder = distill(rcfg(tmp_path, distilled_teacher, max_steps=6, student_arch=arch), progress=False)
     model, fm = load(folder)
     assert isinstance(model, OneStepNet) and model.config.block_out_channels == [8, 16]
-    assert fm["preset"] == "tiny" and fm["distillation"]["student_arch"] == "tiny"
+    assert model.config.prediction == ("digit" if arch.endswith("digit") else "velocity")
+    assert fm["preset"] == arch and fm["distillation"]["student_arch"] == arch
     assert fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5  # the teacher's baked-in guidance carries over
     state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
