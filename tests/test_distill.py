@@ -302,3 +302,43 @@ def test_two_step_student_runs_two_unet_calls(tiny_ckpt, tmp_path):
     backend.info["module"].register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     generate(backend, np.arange(3), backend.sampler)
     assert rows == [3, 3]
+
+
+def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt, tmp_path):
+    """scripts/average_weights.py: (1 - w) A + w B per parameter, B's folder and record plus both hashes;
+    another architecture, a weight outside [0, 1] or an existing output folder are refused."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from fm_edge.artifacts import WEIGHTS
+
+    path = Path(__file__).parent.parent / "scripts" / "average_weights.py"
+    spec = importlib.util.spec_from_file_location("average_weights", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    b = tmp_path / "b"
+    shutil.copytree(tiny_ckpt, b)
+    fm = json.loads((b / "fm_edge.json").read_text())
+    fm.setdefault("training", {})
+    (b / "fm_edge.json").write_text(json.dumps(fm))
+    wa = load_file(tiny_ckpt / WEIGHTS)
+    save_file({k: v + 1.0 for k, v in wa.items()}, b / WEIGHTS)
+    out = mod.average(tiny_ckpt, b, 0.25, tmp_path / "soup")
+    soup = load_file(out / WEIGHTS)
+    assert all(torch.allclose(soup[k], wa[k] + 0.25) for k in wa)
+    rec = json.loads((out / "fm_edge.json").read_text())["training"]["weight_average"]
+    assert rec["a_sha256"] == weights_hash(tiny_ckpt) and rec["b_sha256"] == weights_hash(b)
+    assert rec["b_weight"] == 0.25
+    with pytest.raises(UsageError, match="exists"):
+        mod.average(tiny_ckpt, b, 0.25, tmp_path / "soup")
+    with pytest.raises(UsageError, match="not in"):
+        mod.average(tiny_ckpt, b, 1.5, tmp_path / "x")
+    config = json.loads((b / "config.json").read_text())
+    config["layers_per_block"] = 2
+    (b / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UsageError, match="different config.json"):
+        mod.average(tiny_ckpt, b, 0.5, tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -1,0 +1,65 @@
+"""Average two checkpoints of the same architecture (a "model soup"): (1 - w) x A + w x B, parameter by parameter.
+
+    python scripts/average_weights.py fm_edge/checkpoints/compact-mnist-student-4step runs/cls4/model \\
+        --weight 0.25 -o runs/ship4
+
+Both folders must hold the same config.json (a fine-tune and its starting point, say). The output is B's
+folder (config, fm_edge.json, card) with the averaged weights, and B's ``distillation`` (or ``training``)
+record in fm_edge.json gains ``weight_average``: both parents, their weight hashes and the weight. Interpolating
+between a student and its fine-tune trades their figures (FD against label accuracy, say) without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fm_edge.artifacts import FM_CONFIG, WEIGHTS, weights_hash  # noqa: E402
+from fm_edge.errors import UsageError  # noqa: E402
+
+
+def average(a: Path, b: Path, weight: float, out: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    if not 0.0 <= weight <= 1.0:
+        raise UsageError(f"--weight {weight} is not in [0, 1]")
+    if json.loads((a / "config.json").read_text()) != json.loads((b / "config.json").read_text()):
+        raise UsageError(f"{a} and {b} have different config.json files: only the same architecture averages")
+    wa, wb = load_file(a / WEIGHTS), load_file(b / WEIGHTS)
+    if wa.keys() != wb.keys():
+        raise UsageError(f"{a} and {b} hold different parameter names")
+    if out.exists():
+        raise UsageError(f"{out} exists: give a new -o folder")
+    shutil.copytree(b, out, ignore=shutil.ignore_patterns("onnx", WEIGHTS))
+    save_file({k: ((1 - weight) * wa[k] + weight * wb[k]).contiguous() for k in wa}, out / WEIGHTS)
+    fm = json.loads((out / FM_CONFIG).read_text())
+    rec = fm.get("distillation") or fm.get("training")
+    rec["weight_average"] = {"a": str(a), "a_sha256": weights_hash(a), "b": str(b), "b_sha256": weights_hash(b),
+                             "b_weight": weight, "formula": "(1 - b_weight) * a + b_weight * b"}  # fmt: skip
+    (out / FM_CONFIG).write_text(json.dumps(fm, indent=1) + "\n")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--weight", type=float, required=True, help="B's share, 0-1")
+    ap.add_argument("-o", "--output", type=Path, required=True)
+    args = ap.parse_args()
+    try:
+        print(average(args.a, args.b, args.weight, args.output))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
