@@ -141,7 +141,9 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
             for k in args.steps or [steps]:
                 rep = score(folder, k, args.n, args.threads)
                 label = f"{steps}-step student" + (
-                    f", adversarial {settings['adv_weight']:g} from {Path(record['init']).name}, run for {k}"
+                    f", adversarial {settings['adv_weight']:g}"
+                    + (f" + class {settings['class_weight']:g}" if settings.get("class_weight") else "")
+                    + f" from {Path(record['init']).name}, run for {k}"
                     if adversarial
                     else ""
                 )
