@@ -71,6 +71,18 @@ def set_onnx_metadata(src: Path, dst: Path, **values: str) -> Path:
     return dst
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module, for tests of the scripts' functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def sigkill_at_marker(cmd: list[str], marker: Path, what: str, timeout: float = 240):
     """Start ``cmd``, wait until it writes ``marker``, then SIGKILL it; the ended process (for its stderr)."""
     import signal

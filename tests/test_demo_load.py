@@ -7,7 +7,6 @@ overflow says the queue is full), none hangs, the server answers normally afterw
 so that the queue fills the same way on any machine.
 """
 
-import importlib.util
 import math
 import os
 import threading
@@ -19,7 +18,8 @@ pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'fm-edg
 pytest.importorskip("gradio_client", reason="needs gradio_client: pip install 'fm-edge[dev]'")
 
 import test_demo  # noqa: E402
-from test_demo import ARGS, REPO, free_port, read_png  # noqa: E402
+from conftest import load_script  # noqa: E402
+from test_demo import ARGS, free_port, read_png  # noqa: E402
 
 demo_onnx = test_demo.demo_onnx  # the fixture: the tiny velocity.onnx and its int8 version
 
@@ -28,15 +28,8 @@ CLIENTS = 16
 TIMEOUT = 120  # s: a request still open after this has hung
 
 
-def _load_script():
-    """scripts/demo_load.py as a module: its bad cases, /proc socket listing and raw NaN request."""
-    spec = importlib.util.spec_from_file_location("demo_load", REPO / "scripts" / "demo_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-demo_load = _load_script()
+#: scripts/demo_load.py as a module: its bad cases, /proc socket listing and raw NaN request
+demo_load = load_script("demo_load")
 #: (values, the control the message must name): the script's cases JSON can carry (not NaN / infinity)
 BAD = [
     (tuple(value if j == index else a for j, a in enumerate(ARGS)), demo_load.FIELDS[index])

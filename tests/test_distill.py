@@ -307,18 +307,14 @@ def test_two_step_student_runs_two_unet_calls(tiny_ckpt, tmp_path):
 def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt, tmp_path):
     """scripts/average_weights.py: (1 - w) A + w B per parameter, B's folder and record plus both hashes;
     another architecture, a weight outside [0, 1] or an existing output folder are refused."""
-    import importlib.util
     import shutil
-    from pathlib import Path
 
+    from conftest import load_script
     from safetensors.torch import load_file, save_file
 
     from fm_edge.artifacts import WEIGHTS
 
-    path = Path(__file__).parent.parent / "scripts" / "average_weights.py"
-    spec = importlib.util.spec_from_file_location("average_weights", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("average_weights")
     b = tmp_path / "b"
     shutil.copytree(tiny_ckpt, b)
     fm = json.loads((b / "fm_edge.json").read_text())

@@ -371,13 +371,9 @@ def test_edge_preset_is_attention_free():
 
 def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
     """scripts/gpu_plan.py (used by scripts/train_gpu.sh) reads the probe's last two checkpoints."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).parent.parent / "scripts" / "gpu_plan.py"
-    spec = importlib.util.spec_from_file_location("gpu_plan", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("gpu_plan")
     for step, secs in [(50, 9.0), (100, 10.0), (150, 12.0)]:  # slow first interval (autotuning) is ignored
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "state.json").write_text(json.dumps({"train_seconds": secs}))
