@@ -445,7 +445,10 @@ class Adversarial(Pairs):
                 "sharpens a distilled student (written by fm-edge distill)"
             )
         check_steps_for(self.init, self.cfg.student_steps, "--student-steps")
-        self.images, self.labels = load_split(self.cfg.data, "train")
+        # with both weights 0 the critic rests (plain regression or reflow): no real digits are needed
+        self.rests = self.cfg.adv_weight == 0 and self.cfg.class_weight == 0
+        if not self.rests:
+            self.images, self.labels = load_split(self.cfg.data, "train")
 
     def prepare(self, record: dict, progress: bool) -> None:
         import torch
@@ -456,16 +459,18 @@ class Adversarial(Pairs):
         from fm_edge.loop import EpochOrder
 
         super().prepare(record, progress)
-        self.real = torch.from_numpy(model_space(self.images)).to(self.device)
-        self.real_y = torch.from_numpy(self.labels).to(self.device)
-        self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
+        if not self.rests:
+            self.real = torch.from_numpy(model_space(self.images)).to(self.device)
+            self.real_y = torch.from_numpy(self.labels).to(self.device)
+            self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.seed)
             self.critic = Critic().to(self.device)
         self.critic_opt = torch.optim.AdamW(
             self.critic.parameters(), lr=self.cfg.lr, betas=self.betas, weight_decay=0.0
         )
-        record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=self.cfg.data or HUB_ID)
+        data = None if self.rests else self.cfg.data or HUB_ID
+        record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
         self.figures: dict = {}
 
     def student(self):
@@ -490,17 +495,16 @@ class Adversarial(Pairs):
     def pair_loss(self, step: int, x1, y, x0, gen):
         """The regression on this step's pairs plus adv_weight x the critic's term on fresh noise; the critic
         takes its own step first, on real digits against the student's. With both weights 0 the critic does no
-        work (plain regression or reflow); it is still checkpointed, unchanged."""
+        work (plain regression or reflow) and needs no real digits; it is still checkpointed, unchanged."""
         import torch
 
         from fm_edge.convention import NUM_CLASSES
         from fm_edge.critic import critic_loss, generator_loss
 
         b, k = self.cfg.batch_size, self.cfg.student_steps
-        rests = self.cfg.adv_weight == 0 and self.cfg.class_weight == 0  # plain regression: no critic work
         if k == 1:
             reg = regress_loss(self.model, x1, y, x0)
-            if rests:
+            if self.rests:
                 return self._regression_only(reg)
             noise = torch.randn((b, *x1.shape[1:]), generator=gen).to(self.device)
             labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
@@ -508,7 +512,7 @@ class Adversarial(Pairs):
         else:
             t = sample_times(len(x1), k, 1.0, gen).to(self.device)
             reg, fake = path_loss(self.model, x1, y, x0, t)
-            if rests:
+            if self.rests:
                 return self._regression_only(reg)
             keep = y < NUM_CLASSES  # the critic judges conditional digits only
             fake, labels = fake[keep], y[keep]

@@ -82,6 +82,16 @@ class TrainingLoop:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * self.lr_factor(step)
 
+    def update(self, loss, step: int) -> None:
+        """One step's update from its loss: backward, clip, optimizer step, the next step's learning rate and
+        the EMA. Nothing here waits for the device."""
+        self.backward(loss)
+        self.clip(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self._set_lr(step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.step(self.module.parameters())
+
     def run(self, step_loss: Callable[[int], tuple], state: dict) -> dict:
         from tqdm.auto import tqdm
 
@@ -93,13 +103,8 @@ class TrainingLoop:
         while step < self.total:
             # 1. this step's loss, from the caller
             loss, images = step_loss(step)
-            # 2. backward, clip, update, the next step's learning rate, EMA: nothing here waits for the device
-            self.backward(loss)
-            self.clip(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
-            self._set_lr(step + 1)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.ema.step(self.module.parameters())
+            # 2. backward, clip, update, the next step's learning rate, EMA
+            self.update(loss, step)
             step += 1
             # 3. bookkeeping: the loss log every log_every steps, progress, checkpoint
             pending.append(loss.detach())

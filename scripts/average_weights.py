@@ -5,8 +5,9 @@
 
 Both folders must hold the same config.json (a fine-tune and its starting point, say). The output is B's
 folder (config, fm_edge.json, card) with the averaged weights, and B's ``distillation`` (or ``training``)
-record in fm_edge.json gains ``weight_average``: both parents, their weight hashes and the weight. Interpolating
-between a student and its fine-tune trades their figures (FD against label accuracy, say) without training.
+record in fm_edge.json (or the file itself) gains ``weight_average``: both parents, their weight hashes and
+the weight. Interpolating between a student and its fine-tune trades their figures (FD against label
+accuracy, say) without training. The output folder appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fm_edge.artifacts import FM_CONFIG, WEIGHTS, weights_hash  # noqa: E402
+from fm_edge.atomic import atomic_dir  # noqa: E402
 from fm_edge.errors import UsageError  # noqa: E402
 
 
@@ -36,13 +38,17 @@ def average(a: Path, b: Path, weight: float, out: Path) -> Path:
         raise UsageError(f"{a} and {b} hold different parameter names")
     if out.exists():
         raise UsageError(f"{out} exists: give a new -o folder")
-    shutil.copytree(b, out, ignore=shutil.ignore_patterns("onnx", WEIGHTS))
-    save_file({k: ((1 - weight) * wa[k] + weight * wb[k]).contiguous() for k in wa}, out / WEIGHTS)
-    fm = json.loads((out / FM_CONFIG).read_text())
-    rec = fm.get("distillation") or fm.get("training")
+    if not (b / FM_CONFIG).is_file():
+        raise UsageError(f"{b} has no {FM_CONFIG}: B must be an fm-edge checkpoint folder")
+    fm = json.loads((b / FM_CONFIG).read_text())
+    # the record of how B was made gains the average (a folder without one gets it at the top level)
+    rec = next((fm[k] for k in ("distillation", "training") if isinstance(fm.get(k), dict)), fm)
     rec["weight_average"] = {"a": str(a), "a_sha256": weights_hash(a), "b": str(b), "b_sha256": weights_hash(b),
                              "b_weight": weight, "formula": "(1 - b_weight) * a + b_weight * b"}  # fmt: skip
-    (out / FM_CONFIG).write_text(json.dumps(fm, indent=1) + "\n")
+    with atomic_dir(out) as tmp:  # a killed run leaves no half folder under the final name
+        shutil.copytree(b, tmp, ignore=shutil.ignore_patterns("onnx", WEIGHTS), dirs_exist_ok=True)
+        save_file({k: ((1 - weight) * wa[k] + weight * wb[k]).contiguous() for k in wa}, tmp / WEIGHTS)
+        (tmp / FM_CONFIG).write_text(json.dumps(fm, indent=1) + "\n")
     return out
 
 

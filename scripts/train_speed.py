@@ -19,11 +19,13 @@ VARIANTS = ("fp32", "channels-last", "bf16", "bf16+cl", "compile")
 
 
 def make_step(preset: str, variant: str, batch: int):
-    """A closure running one training step of ``preset`` in ``variant`` on a fixed random batch."""
+    """A closure running one training step of ``preset`` in ``variant`` on a fixed random batch: the loss of
+    ``fm-edge train`` and the update of its loop (``TrainingLoop.update``)."""
     import torch
     from diffusers.training_utils import EMAModel
 
     from fm_edge.flow import loss_fn
+    from fm_edge.loop import TrainingLoop
     from fm_edge.model import build
 
     torch.manual_seed(0)
@@ -41,15 +43,16 @@ def make_step(preset: str, variant: str, batch: int):
     gen = torch.Generator().manual_seed(0)
     bf16 = variant.startswith("bf16")
 
+    # the update of fm-edge train (backward, clip, AdamW, EMA), without its checkpoints
+    loop = TrainingLoop(".", net, ema, opt, module=model, total=1, lr=1e-3, lr_factor=lambda s: 1.0,
+                        grad_clip=1.0, checkpoint_every=1, keep_checkpoints=1, progress=False)  # fmt: skip
+
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(net, x, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.step(model.parameters())
+        loop.update(loss, 0)
 
+    step.model, step.ema = model, ema
     return step
 
 

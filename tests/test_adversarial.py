@@ -170,13 +170,16 @@ def test_the_critic_term_changes_the_update(distilled_teacher, tiny_data, tmp_pa
 
 
 def test_with_both_weights_zero_the_critic_does_no_work(distilled_teacher, tiny_data, tmp_path):
-    """Plain regression (adv and class weight 0) leaves the critic as it was made: no steps, no updates."""
+    """Plain regression (adv and class weight 0) leaves the critic as it was made: no steps, no updates,
+    and no real digits read (the --data folder here does not exist)."""
     from safetensors.torch import load_file
 
     from fm_edge.critic import Critic
 
-    cfg = acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, adv_weight=0.0, max_steps=2)
-    distill(cfg, progress=False)
+    no_data = str(tmp_path / "no-such-mnist")
+    cfg = acfg(tmp_path, distilled_teacher, distilled_teacher, no_data, adv_weight=0.0, max_steps=2)
+    folder = distill(cfg, progress=False)
+    assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["data"] is None
     torch.manual_seed(cfg.seed)
     fresh = Critic().state_dict()
     saved = load_file(tmp_path / "checkpoint-2" / "critic.safetensors")

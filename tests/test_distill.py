@@ -338,3 +338,8 @@ def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt,
     with pytest.raises(UsageError, match="different config.json"):
         mod.average(tiny_ckpt, b, 0.5, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    (b / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    (b / "fm_edge.json").unlink()
+    with pytest.raises(UsageError, match="no fm_edge.json"):
+        mod.average(tiny_ckpt, b, 0.5, tmp_path / "z")
+    assert not (tmp_path / "z").exists() and not list(tmp_path.glob(".z*"))

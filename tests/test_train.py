@@ -369,6 +369,20 @@ def test_edge_preset_is_attention_free():
     assert out.sample.shape == (2, 1, 32, 32)
 
 
+def test_train_speed_times_the_update_of_the_training_loop():
+    """scripts/train_speed.py's step is fm-edge train's loss plus TrainingLoop.update: weights and EMA move."""
+    import torch
+    from conftest import load_script
+
+    step = load_script("train_speed").make_step("tiny", "fp32", 4)
+    before = [p.detach().clone() for p in step.model.parameters()]
+    shadow = [s.clone() for s in step.ema.shadow_params]
+    step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, step.model.parameters()))
+    assert any(not torch.equal(a, s) for a, s in zip(shadow, step.ema.shadow_params))
+    assert all(p.grad is None for p in step.model.parameters())  # the loop's zero_grad ran
+
+
 def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
     """scripts/gpu_plan.py (used by scripts/train_gpu.sh) reads the probe's last two checkpoints."""
     from conftest import load_script
