@@ -432,6 +432,11 @@ class Adversarial(Pairs):
 
     betas = (0.5, 0.99)  # the usual GAN momentum: the critic's target moves every step
 
+    @property
+    def rests(self) -> bool:
+        """Both weights 0 (plain regression or reflow): the critic does no work and no real digits are read."""
+        return self.cfg.adv_weight == 0 and self.cfg.class_weight == 0
+
     def check(self) -> None:
         from fm_edge.data import load_split
         from fm_edge.model import check_steps_for, read_fm_config, resolve
@@ -445,8 +450,6 @@ class Adversarial(Pairs):
                 "sharpens a distilled student (written by fm-edge distill)"
             )
         check_steps_for(self.init, self.cfg.student_steps, "--student-steps")
-        # with both weights 0 the critic rests (plain regression or reflow): no real digits are needed
-        self.rests = self.cfg.adv_weight == 0 and self.cfg.class_weight == 0
         if not self.rests:
             self.images, self.labels = load_split(self.cfg.data, "train")
 
