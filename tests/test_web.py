@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = ROOT / "fm_edge" / "web" / "static" / "fm-edge-sampler.js"
 EMBED = re.compile(r"// --- embed: start ---\n(.*?)// --- embed: end ---\n", re.S)
 BATCH = 16
-#: int8 against fp32 from the same noise, the shipped student: ~41 dB measured; other noise or labels, or a
+#: int8 against fp32 from the same noise, the shipped one-step student: ~35 dB measured; other noise or labels, or a
 #: broken int8 path, land far below
 INT8_MIN_PSNR_DB = 30.0
 
@@ -70,7 +70,8 @@ def test_site_has_the_page_the_samplers_and_only_the_runtime_files_it_loads(site
     fp32, int8 = (site / info["models"][k] for k in ("fp32", "int8"))
     assert fp32.read_bytes() == web.DEFAULT_SAMPLER.read_bytes()
     assert int8.read_bytes() == web.DEFAULT_SAMPLER.with_name(web.INT8_NAME).read_bytes()
-    assert sorted(p.name for p in (site / "ort").iterdir()) == sorted(web.ORT_WASM + web.ORT_WEBGPU)
+    assert info["ort"] == {"module": f"ort/{web.ORT_WEBGPU[0]}", "webgpu": True}
+    assert sorted(p.name for p in (site / "ort").iterdir()) == sorted(web.ORT_WEBGPU)
     for name in web.PAGE_FILES:
         assert (site / name).read_bytes() == (web.STATIC / name).read_bytes()
     headers = (site / "_headers").read_text()
@@ -89,9 +90,24 @@ def test_rebuild_replaces_an_earlier_site_and_no_webgpu_drops_that_build(site, t
     (out / "stale.txt").write_text("from an earlier build")
     assert main(["web", "-o", str(out), "--no-webgpu", "--no-int8"]) == 0
     info = json.loads((out / "site.json").read_text())
-    assert info["ort"]["webgpu"] is None and list(info["models"]) == ["fp32"]
+    assert info["ort"] == {"module": f"ort/{web.ORT_WASM[0]}", "webgpu": False}
+    assert list(info["models"]) == ["fp32"]
     assert sorted(p.name for p in (out / "ort").iterdir()) == sorted(web.ORT_WASM)
     assert not (out / "stale.txt").exists()
+
+
+def test_a_dist_with_only_the_plain_build_serves_no_webgpu_and_names_what_is_missing(tmp_path, capsys):
+    plain = tmp_path / "dist"
+    plain.mkdir()
+    for name in web.ORT_WASM:
+        shutil.copyfile(ort_dist_or_skip() / name, plain / name)
+    assert main(["web", "-o", str(tmp_path / "a"), "--ort-dist", str(plain), "--no-webgpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a" / "ort").iterdir()) == sorted(web.ORT_WASM)
+    capsys.readouterr()
+    assert main(["web", "-o", str(tmp_path / "b"), "--ort-dist", str(plain)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnxruntime-web's files are missing" in err, err
+    assert not (tmp_path / "b").exists()
 
 
 TEACHER = web.DEFAULT_SAMPLER.parents[2] / "compact-mnist" / "onnx"

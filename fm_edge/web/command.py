@@ -23,15 +23,17 @@ from fm_edge.errors import FmEdgeError, UsageError
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-#: the sampler the page runs by default; its int8 sibling (sampler_int8.onnx beside it) is the second column
-DEFAULT_SAMPLER = HERE.parent / "checkpoints" / "compact-mnist-student" / "onnx" / "sampler.onnx"
+#: the sampler the page runs by default (the time-free one-step student: its int8 sibling, sampler_int8.onnx
+#: beside it, is the second column and runs about twice as fast in WASM)
+DEFAULT_SAMPLER = HERE.parent / "checkpoints" / "onestep-mnist-digit" / "onnx" / "sampler.onnx"
 INT8_NAME = "sampler_int8.onnx"
 #: where ``npm ci --prefix web`` puts onnxruntime-web, relative to the working folder or the checkout
 ORT_DIST = Path("web", "node_modules", "onnxruntime-web", "dist")
-#: onnxruntime-web's files the page loads: the plain WASM build (the fastest on the CPU), and the smaller
-#: of its WebGPU builds (JSPI: Chrome 137+), loaded only where the browser offers WebGPU and JSPI
+#: onnxruntime-web's build the site ships, one of two: by default the asyncify WebGPU build, which runs
+#: WebGPU where the browser offers an adapter and WASM everywhere else (as fast as the plain build on the
+#: CPU, measured: docs/web.md); with --no-webgpu the plain WASM build, 12.5 MB smaller
+ORT_WEBGPU = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 ORT_WASM = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-ORT_WEBGPU = ("ort.jspi.min.mjs", "ort-wasm-simd-threaded.jspi.mjs", "ort-wasm-simd-threaded.jspi.wasm")
 PAGE_FILES = ("index.html", "app.js", "fm-edge-sampler.js", "sw.js")
 #: digits per Generate on the page
 MAX_COUNT = 64
@@ -65,7 +67,9 @@ def add_arguments(p) -> None:
         "written by npm ci --prefix web)",
     )
     p.add_argument(
-        "--no-webgpu", action="store_true", help="leave out the WebGPU build (site ~17 MB smaller)"
+        "--no-webgpu",
+        action="store_true",
+        help="ship the plain WASM build, which cannot use WebGPU (site 12.5 MB smaller)",
     )
 
 
@@ -93,11 +97,11 @@ def check_sampler(path: str | os.PathLike, flag: str) -> dict[str, str]:
     return meta
 
 
-def find_ort_dist(given: str | None) -> Path:
-    """onnxruntime-web's dist folder with every file the page needs, or a one-line error naming the fix."""
+def find_ort_dist(given: str | None, build: tuple[str, ...] = ORT_WEBGPU) -> Path:
+    """onnxruntime-web's dist folder with the build's files, or a one-line error naming the fix."""
     candidates = [Path(given)] if given is not None else [Path.cwd() / ORT_DIST, HERE.parents[1] / ORT_DIST]
     for folder in candidates:
-        if all((folder / name).is_file() for name in ORT_WASM):
+        if all((folder / name).is_file() for name in build):
             return folder
     where = str(candidates[0])
     fix = (
@@ -159,8 +163,8 @@ def build_site(args, out: Path, dist: Path, models: dict[str, Path]) -> int:
             dst = f"models/{key}-{src.name}"
         shutil.copyfile(src, out / dst)
         entries[key] = dst
-    webgpu = not args.no_webgpu and all((dist / n).is_file() for n in ORT_WEBGPU)
-    for name in ORT_WASM + (ORT_WEBGPU if webgpu else ()):
+    runtime = ORT_WASM if args.no_webgpu else ORT_WEBGPU
+    for name in runtime:
         shutil.copyfile(dist / name, out / "ort" / name)
     (out / "_headers").write_text(HEADERS)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "_headers")
@@ -172,10 +176,10 @@ def build_site(args, out: Path, dist: Path, models: dict[str, Path]) -> int:
         "generator": "fm-edge web",
         "ort_version": ort_version(dist),
         "models": entries,
-        "ort": {"wasm": f"ort/{ORT_WASM[0]}", "webgpu": f"ort/{ORT_WEBGPU[0]}" if webgpu else None},
+        "ort": {"module": f"ort/{runtime[0]}", "webgpu": runtime == ORT_WEBGPU},
         "max_count": MAX_COUNT,
-        # what the service worker copies for offline use at once (the WebGPU build: when first used)
-        "offline": ["./", SITE_MARKER, *(f for f in files if Path(f).name not in ORT_WEBGPU)],
+        # what the service worker copies for offline use at install
+        "offline": ["./", SITE_MARKER, *files],
         "bytes": size,
         "build": build.hexdigest()[:16],
     }
@@ -190,7 +194,7 @@ def main(args):
     out = Path(args.output_dir)
     _check_output(out)
     models = _models(args)
-    dist = find_ort_dist(args.ort_dist)
+    dist = find_ort_dist(args.ort_dist, ORT_WASM if args.no_webgpu else ORT_WEBGPU)
     try:
         with atomic_dir(out) as tmp:
             size = build_site(args, tmp, dist, models)

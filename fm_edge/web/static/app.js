@@ -23,19 +23,18 @@ function describe(err) {
   return `Something went wrong: ${String(err?.message ?? err).split("\n")[0]}`;
 }
 
-// onnxruntime-web: the WebGPU build where the browser offers an adapter (and JSPI, which that build
-// needs), the plain WASM build otherwise. ?ep=wasm forces WASM.
+// onnxruntime-web: the site's one build. The WebGPU build runs WebGPU where the browser offers an adapter
+// and WASM otherwise; the plain build (fm-edge web --no-webgpu) runs WASM. ?ep=wasm forces WASM.
 async function loadRuntime(site, wasmOnly = false) {
   const query = new URLSearchParams(location.search);
   const forceWasm = wasmOnly || query.get("ep") === "wasm";
   let gpu = false;
-  if (site.ort.webgpu && !forceWasm && navigator.gpu && typeof WebAssembly.Suspending === "function") {
+  if (site.ort.webgpu && !forceWasm && navigator.gpu) {
     gpu = Boolean(await navigator.gpu.requestAdapter().catch(() => null));
   }
-  const build = gpu ? site.ort.webgpu : site.ort.wasm;
   let ort;
   try {
-    ort = await import(new URL(build, location.href).href);
+    ort = await import(new URL(site.ort.module, location.href).href);
   } catch {
     throw new Sentence("The runtime (onnxruntime-web) did not load: serve the whole folder fm-edge web wrote.");
   }
