@@ -32,7 +32,11 @@ ORT_DIST = Path("web", "node_modules", "onnxruntime-web", "dist")
 #: onnxruntime-web's build the site ships, one of two: by default the asyncify WebGPU build, which runs
 #: WebGPU where the browser offers an adapter and WASM everywhere else (as fast as the plain build on the
 #: CPU, measured: docs/web.md); with --no-webgpu the plain WASM build, 12.5 MB smaller
-ORT_WEBGPU = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
+ORT_WEBGPU = (
+    "ort.webgpu.min.mjs",
+    "ort-wasm-simd-threaded.asyncify.mjs",
+    "ort-wasm-simd-threaded.asyncify.wasm",
+)
 ORT_WASM = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 PAGE_FILES = ("index.html", "app.js", "fm-edge-sampler.js", "sw.js")
 #: digits per Generate on the page
