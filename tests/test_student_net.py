@@ -174,6 +174,10 @@ def test_int8_student_recipe_keeps_the_net_in_int8(prediction, tmp_path):
     assert facts["macs_int8_fraction"] == 1.0
     # Relu quantized too: the quantizer folds it into the conv's output range (no DQ -> Relu -> Q)
     assert "Relu" not in {node.op_type for node in qm.graph.node}
+    # 8-bit weights (no reduce_range): each conv's per-channel scales put its largest weight at +-127
+    int8 = [t for t in qm.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    weights = [onnx.numpy_helper.to_array(t) for t in int8]
+    assert len(weights) == len(convs) and all(np.abs(w).max() == 127 for w in weights)
     held = {"sample": x[:16], "timestep": np.full(16, 1000.0, np.float32), "class_labels": y[:16]}
     assert output_sqnr(fp32, q, held) > 20
 

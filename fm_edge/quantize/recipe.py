@@ -131,10 +131,18 @@ RECIPES = {
     "nchw": Recipe(name="qdq-nchw", disabled_optimizers=("NhwcTransformer",)),
     # The time-free, norm-free one-step student (fm_edge.student_net): only the label embedding stays in
     # float; its first conv sees 1 + label channels and its last conv 4 outputs (space-to-depth), so both
-    # run in int8 too (scripts/int8_student_arch.py). 7-bit weights: safe on AVX2 CPUs, same speed on VNNI.
-    # Relu is quantized too: then ORT folds it into the conv before it (otherwise each conv output is
-    # dequantized and requantized with the Relu's range, a DQ -> Q float round trip per conv).
+    # run in int8 too (scripts/int8_student_arch.py). Relu is quantized too: then ORT folds it into the conv
+    # before it (otherwise each conv output is dequantized and requantized with the Relu's range, a DQ -> Q
+    # float round trip per conv). 8-bit weights: on the AVX2-only CPU (no VNNI, where int16 saturation is
+    # possible) they took the shipped digit net's int8 FD from +12% of fp32 to -4%, at the same speed; uint8
+    # weights (no saturation) scored the same FD but ran 1.4-1.7x slower (docs/int8.md, 2026-12-03).
     "student": Recipe(
+        name="fm-edge-qdq-student-w8",
+        op_types=(*ALL_OPS, "Relu"),
+        exclude_roles=("conditioning",),
+        reduce_range=False,
+    ),
+    "student-w7": Recipe(
         name="fm-edge-qdq-student", op_types=(*ALL_OPS, "Relu"), exclude_roles=("conditioning",)
     ),
     "student-float-ends": Recipe(
