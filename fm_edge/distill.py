@@ -63,6 +63,7 @@ class DistillConfig:
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
+    critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -98,6 +99,12 @@ class DistillConfig:
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+        if not 0 <= self.critic_warmup < self.max_steps:
+            raise UsageError(
+                f"--critic-warmup must be >= 0 and below --max-steps ({self.max_steps}), got {self.critic_warmup}"
+            )
+        if self.critic_warmup and (self.method != "adversarial" or self.adv_weight == self.class_weight == 0):
+            raise UsageError("--critic-warmup warms the critic of --method adversarial with a weight above 0")
         if self.method == "regress":
             from fm_edge.student_net import ARCHS
 
@@ -469,6 +476,7 @@ class Adversarial(Pairs):
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.seed)
             self.critic = Critic().to(self.device)
+        # the critic keeps the base rate throughout (its warm-up is what the student's lr 0 is for)
         self.critic_opt = torch.optim.AdamW(
             self.critic.parameters(), lr=self.cfg.lr, betas=self.betas, weight_decay=0.0
         )
@@ -487,6 +495,14 @@ class Adversarial(Pairs):
 
     def extras(self) -> dict:
         return {"critic": self.critic, "critic_optimizer": self.critic_opt}
+
+    def lr_factor(self, step: int) -> float:
+        """0 while the critic warms up (the student holds still: with lr 0 AdamW leaves it and its EMA as
+        they were), then the schedule over the remaining steps."""
+        from fm_edge.loop import lr_factor
+
+        w = self.cfg.critic_warmup
+        return 0.0 if step < w else lr_factor(step - w, self.cfg.max_steps - w, 0, self.cfg.lr_schedule)
 
     def postfix(self, step: int) -> dict:
         return self.figures
@@ -525,8 +541,10 @@ class Adversarial(Pairs):
         self.critic_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self.critic_opt.step()
-        g_loss, c_loss = generator_loss(self.critic, fake, labels)
         self.figures = {"reg": f"{reg.item():.4f}", "critic": f"{d_loss.item():.3f}"}
+        if step < self.cfg.critic_warmup:  # the student holds still (lr 0): no need for its adversarial terms
+            return reg
+        g_loss, c_loss = generator_loss(self.critic, fake, labels)
         if classify:
             self.figures["class"] = f"{c_loss.item():.3f}"
         return reg + self.cfg.adv_weight * g_loss + self.cfg.class_weight * c_loss
@@ -756,6 +774,11 @@ def add_arguments(p) -> None:
         "--class-weight", type=float, default=DistillConfig.class_weight,
         help="adversarial: weight of the cross-entropy of the critic's class head (trained on real digits) "
         "against each student digit's label, which keeps digits in their class (0: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--critic-warmup", type=int, default=DistillConfig.critic_warmup,
+        help="adversarial: train only the critic for this many first steps while the student holds still "
+        "(a run that continues a trained student starts a fresh critic, whose first verdicts would undo it)",
     )  # fmt: skip
     p.add_argument(
         "--student-arch",

@@ -99,6 +99,30 @@ def test_the_class_term_changes_the_update_and_is_recorded(distilled_teacher, ti
     assert fm["distillation"]["settings"]["class_weight"] == 1.0
 
 
+def test_critic_warmup_trains_only_the_critic_then_the_student(distilled_teacher, tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from fm_edge.critic import Critic
+    from fm_edge.model import load
+
+    cfg = acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, max_steps=3, checkpoint_every=1)
+    cfg.critic_warmup, cfg.keep_checkpoints = 2, 3
+    folder = distill(cfg, progress=False)
+    init = {k: v for k, v in load(distilled_teacher)[0].state_dict().items()}
+    torch.manual_seed(cfg.seed)
+    fresh = Critic().state_dict()
+    for step in (1, 2):  # the warm-up: the student and its EMA hold still, the critic learns
+        ckpt = tmp_path / f"checkpoint-{step}"
+        for name in ("model", "ema"):
+            held = load_file(ckpt / f"{name}.safetensors")
+            assert all(torch.equal(held[k], init[k]) for k in init if k in held), (step, name)
+        critic = load_file(ckpt / "critic.safetensors")
+        assert any(not torch.equal(critic[k], fresh[k]) for k in fresh if k in critic)
+    after = load(folder)[0].state_dict()
+    assert any(not torch.equal(after[k], init[k]) for k in init)  # step 3 moves the student
+    assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["critic_warmup"] == 2
+
+
 def test_adversarial_sharpens_the_init_and_keeps_its_sampler(distilled_teacher, tiny_data, tmp_path):
     from safetensors.torch import load_file
 
@@ -258,6 +282,9 @@ def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path)
         (dict(class_weight=-0.5), "--class-weight must be a finite number >= 0"),
         (dict(class_weight=float("inf")), "--class-weight must be a finite number >= 0"),
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
+        (dict(critic_warmup=-1), "--critic-warmup must be >= 0 and below --max-steps"),
+        (dict(critic_warmup=4), "--critic-warmup must be >= 0 and below --max-steps"),
+        (dict(critic_warmup=2, adv_weight=0.0), "--critic-warmup warms the critic"),
     ],
 )
 def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teacher, tiny_data, tmp_path):
@@ -295,4 +322,9 @@ def test_adversarial_cli_errors_are_one_line(distilled_teacher, tmp_path):
         [*argv[:-4], "--class-weight", "nan", *argv[-2:]], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--class-weight" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = subprocess.run(
+        [*argv[:-4], "--critic-warmup", "5000", *argv[-2:]], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--critic-warmup" in r.stderr
     assert not (tmp_path / "out").exists()
