@@ -108,14 +108,16 @@ def test_critic_warmup_trains_only_the_critic_then_the_student(distilled_teacher
     cfg = acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, max_steps=3, checkpoint_every=1)
     cfg.critic_warmup, cfg.keep_checkpoints = 2, 3
     folder = distill(cfg, progress=False)
-    init = {k: v for k, v in load(distilled_teacher)[0].state_dict().items()}
+    model0 = load(distilled_teacher)[0]
+    init, params = model0.state_dict(), [p.detach() for p in model0.parameters()]
     torch.manual_seed(cfg.seed)
     fresh = Critic().state_dict()
     for step in (1, 2):  # the warm-up: the student and its EMA hold still, the critic learns
         ckpt = tmp_path / f"checkpoint-{step}"
-        for name in ("model", "ema"):
-            held = load_file(ckpt / f"{name}.safetensors")
-            assert all(torch.equal(held[k], init[k]) for k in init if k in held), (step, name)
+        held = load_file(ckpt / "model.safetensors")
+        assert all(torch.equal(held[k], init[k]) for k in init), step
+        ema = load_file(ckpt / "ema.safetensors")  # shadow.<i>: the i-th parameter's average
+        assert all(torch.equal(ema[f"shadow.{i}"], p) for i, p in enumerate(params)), step
         critic = load_file(ckpt / "critic.safetensors")
         assert any(not torch.equal(critic[k], fresh[k]) for k in fresh if k in critic)
     after = load(folder)[0].state_dict()
