@@ -64,6 +64,7 @@ class DistillConfig:
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
     critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
+    critic_lr: float | None = None  # adversarial: the critic's learning rate (None: --lr)
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -99,6 +100,8 @@ class DistillConfig:
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+        if self.critic_lr is not None and not (self.critic_lr > 0 and math.isfinite(self.critic_lr)):
+            raise UsageError(f"--critic-lr must be a finite number > 0, got {self.critic_lr}")
         if not 0 <= self.critic_warmup < self.max_steps:
             raise UsageError(
                 f"--critic-warmup must be >= 0 and below --max-steps ({self.max_steps}), got {self.critic_warmup}"
@@ -476,9 +479,10 @@ class Adversarial(Pairs):
         with torch.random.fork_rng():
             torch.manual_seed(self.cfg.seed)
             self.critic = Critic().to(self.device)
-        # the critic keeps the base rate throughout (its warm-up is what the student's lr 0 is for)
+        # the critic keeps its rate throughout (its warm-up is what the student's lr 0 is for)
+        critic_lr = self.cfg.lr if self.cfg.critic_lr is None else self.cfg.critic_lr
         self.critic_opt = torch.optim.AdamW(
-            self.critic.parameters(), lr=self.cfg.lr, betas=self.betas, weight_decay=0.0
+            self.critic.parameters(), lr=critic_lr, betas=self.betas, weight_decay=0.0
         )
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
@@ -779,6 +783,10 @@ def add_arguments(p) -> None:
         "--critic-warmup", type=int, default=DistillConfig.critic_warmup,
         help="adversarial: train only the critic for this many first steps while the student holds still "
         "(a run that continues a trained student starts a fresh critic, whose first verdicts would undo it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--critic-lr", type=float, default=DistillConfig.critic_lr,
+        help="adversarial: the critic's learning rate, constant (default: --lr)",
     )  # fmt: skip
     p.add_argument(
         "--student-arch",

@@ -125,6 +125,24 @@ def test_critic_warmup_trains_only_the_critic_then_the_student(distilled_teacher
     assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["critic_warmup"] == 2
 
 
+def test_critic_lr_sets_the_critics_step_only(distilled_teacher, tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    def critic_after(name, **kw):
+        cfg = acfg(tmp_path / name, distilled_teacher, distilled_teacher, tiny_data, max_steps=2, **kw)
+        folder = distill(cfg, progress=False)
+        return load_file(tmp_path / name / "checkpoint-2" / "critic.safetensors"), folder
+
+    (base, _), (same, _), (fast, folder) = (
+        critic_after("a"),
+        critic_after("b", critic_lr=3e-4),
+        critic_after("c", critic_lr=3e-2),
+    )
+    assert all(torch.equal(base[k], same[k]) for k in base)  # --critic-lr = --lr (3e-4): the default
+    assert any(not torch.equal(base[k], fast[k]) for k in base)
+    assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["critic_lr"] == 3e-2
+
+
 def test_adversarial_sharpens_the_init_and_keeps_its_sampler(distilled_teacher, tiny_data, tmp_path):
     from safetensors.torch import load_file
 
@@ -287,6 +305,8 @@ def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path)
         (dict(critic_warmup=-1), "--critic-warmup must be >= 0 and below --max-steps"),
         (dict(critic_warmup=4), "--critic-warmup must be >= 0 and below --max-steps"),
         (dict(critic_warmup=2, adv_weight=0.0), "--critic-warmup warms the critic"),
+        (dict(critic_lr=0.0), "--critic-lr must be a finite number > 0"),
+        (dict(critic_lr=float("nan")), "--critic-lr must be a finite number > 0"),
     ],
 )
 def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teacher, tiny_data, tmp_path):
