@@ -782,7 +782,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--critic-warmup", type=int, default=DistillConfig.critic_warmup,
         help="adversarial: train only the critic for this many first steps while the student holds still "
-        "(a run that continues a trained student starts a fresh critic, whose first verdicts would undo it)",
+        "(a run from a trained --init starts with a fresh critic)",
     )  # fmt: skip
     p.add_argument(
         "--critic-lr", type=float, default=DistillConfig.critic_lr,
