@@ -101,6 +101,11 @@ def check_sampler(path: str | os.PathLike, flag: str) -> dict[str, str]:
     return meta
 
 
+def runtime_build(args) -> tuple[str, ...]:
+    """The onnxruntime-web files the site ships: the WebGPU build, or the plain one with --no-webgpu."""
+    return ORT_WASM if args.no_webgpu else ORT_WEBGPU
+
+
 def find_ort_dist(given: str | None, build: tuple[str, ...] = ORT_WEBGPU) -> Path:
     """onnxruntime-web's dist folder with the build's files, or a one-line error naming the fix."""
     candidates = [Path(given)] if given is not None else [Path.cwd() / ORT_DIST, HERE.parents[1] / ORT_DIST]
@@ -167,7 +172,7 @@ def build_site(args, out: Path, dist: Path, models: dict[str, Path]) -> int:
             dst = f"models/{key}-{src.name}"
         shutil.copyfile(src, out / dst)
         entries[key] = dst
-    runtime = ORT_WASM if args.no_webgpu else ORT_WEBGPU
+    runtime = runtime_build(args)
     for name in runtime:
         shutil.copyfile(dist / name, out / "ort" / name)
     (out / "_headers").write_text(HEADERS)
@@ -198,7 +203,7 @@ def main(args):
     out = Path(args.output_dir)
     _check_output(out)
     models = _models(args)
-    dist = find_ort_dist(args.ort_dist, ORT_WASM if args.no_webgpu else ORT_WEBGPU)
+    dist = find_ort_dist(args.ort_dist, runtime_build(args))
     try:
         with atomic_dir(out) as tmp:
             size = build_site(args, tmp, dist, models)
