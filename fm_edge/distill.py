@@ -14,7 +14,9 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
   ``student_steps`` remain. Training states are the previous sampler's own trajectory from fresh noise.
 - ``regress``: a fresh time-free :class:`fm_edge.student_net.OneStepNet` (``student_arch``) learns the
   teacher sampler's map from noise x1 to its digit x0_T on the cached pairs (target x1 - x0_T at t=1). The
-  teacher may itself be a distilled few-step student; its baked-in guidance carries over.
+  teacher may itself be a distilled few-step student; its baked-in guidance carries over. A '-t' net (t as
+  an input plane) with ``student_steps`` K > 1 learns the same pairs at the K grid times, as ``pairs``
+  does (reflow), so it samples in K Euler steps or in any divisor of K.
 - ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing distilled
   student (``init``: a UNet, or a OneStepNet for one step) keeps regressing onto the cached teacher pairs
   while a small conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its
@@ -45,7 +47,7 @@ from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.sampler_spec import SamplerSpec
 
 TEACHER_SOLVERS = ("euler", "heun")
-ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial method's student grids
+ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial and regress methods' student grids
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
@@ -85,15 +87,11 @@ class DistillConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.method == "adversarial":
+        if self.method in ("adversarial", "regress"):
             if self.student_steps not in ADVERSARIAL_STEPS:
                 raise UsageError(f"--student-steps must be 1, 2, 4 or 8, got {self.student_steps}")
         elif self.student_steps not in (1, 2):
             raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
-        if self.method == "regress" and self.student_steps != 1:
-            raise UsageError(
-                f"--method {self.method} trains a one-step student: --student-steps 1, not {self.student_steps}"
-            )
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from a one-step student: pass --init DIR")
@@ -114,6 +112,11 @@ class DistillConfig:
             if self.student_arch not in ARCHS:
                 raise UsageError(
                     f"unknown --student-arch {self.student_arch!r}: choose one of {', '.join(ARCHS)}"
+                )
+            if self.student_steps != 1 and not ARCHS[self.student_arch].get("time_input"):
+                raise UsageError(
+                    f"--student-steps {self.student_steps}: --student-arch {self.student_arch} has no time input "
+                    f"and runs 1 step; a '-t' size ({self.student_arch}-t where it exists) runs several"
                 )
         for name in ("pairs", "batch_size", "max_steps", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -430,7 +433,10 @@ class Regress(Pairs):
         return self.cfg.student_arch
 
     def pair_loss(self, step: int, x1, y, x0, gen):
-        return regress_loss(self.model, x1, y, x0)
+        if self.cfg.student_steps == 1:
+            return regress_loss(self.model, x1, y, x0)
+        t = sample_times(len(x1), self.cfg.student_steps, 1.0, gen).to(x1.device)
+        return path_loss(self.model, x1, y, x0, t)[0]  # reflow at the student's grid times
 
 
 class Adversarial(Pairs):
@@ -792,7 +798,8 @@ def add_arguments(p) -> None:
         "--student-arch",
         default=DistillConfig.student_arch,
         help="regress: the one-step net's size (fm_edge.student_net.ARCHS); a '-digit' name draws the digit "
-        "and takes the noise through in float (velocity = noise - digit): less int8 error",
+        "and takes the noise through in float (velocity = noise - digit): less int8 error; a '-digit-t' name "
+        "also takes t and runs --student-steps K (and any divisor of K)",
     )
     p.add_argument(
         "--cfg-scale", type=float, default=None, help="guidance scale baked in (default: the teacher's)"
@@ -801,7 +808,7 @@ def add_arguments(p) -> None:
         "--student-steps",
         type=int,
         default=1,
-        help="Euler steps of the student: 1 or 2 (adversarial: 1, 2, 4 or 8)",
+        help="Euler steps of the student: 1 or 2 (adversarial, and regress with a '-t' arch: 1, 2, 4 or 8)",
     )
     p.add_argument("--pairs", type=int, default=4096, help="pairs: teacher samples to generate and cache")
     p.add_argument(

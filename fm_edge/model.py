@@ -135,12 +135,20 @@ def check_one_step(steps: int, flag: str = "--steps") -> None:
         )
 
 
-def is_one_step(folder: str | os.PathLike | None) -> bool:
-    """Whether ``folder`` is a OneStepNet checkpoint folder (None: the shipped UNet checkpoint)."""
+def is_student_net(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is a OneStepNet checkpoint folder, time-free or not (None: the shipped UNet)."""
     return (
         folder is not None
         and (Path(folder) / "config.json").is_file()
         and class_name(folder) == ONE_STEP_CLASS
+    )
+
+
+def is_one_step(folder: str | os.PathLike | None) -> bool:
+    """Whether ``folder`` is a time-free OneStepNet checkpoint folder; a OneStepNet with a time input (a '-t'
+    size) runs any step count."""
+    return is_student_net(folder) and not json.loads((Path(folder) / "config.json").read_text()).get(
+        "time_input"
     )
 
 

@@ -1,4 +1,5 @@
-"""A one-step student made for int8: a time-free, norm-free conv net with the UNet2DModel call signature.
+"""A student made for int8: a norm-free conv net, time-free or with t as one input plane, with the UNet2DModel
+call signature.
 
 A one-step student is only ever evaluated at t=1, so it needs no time input: no time embedding, no
 scale-shift per block and no GroupNorm, whose float kernels kept the UNet's int8 graph in float. What is
@@ -11,6 +12,11 @@ left is what ONNX Runtime runs end to end in int8:
 - residual blocks ``h + conv(relu(conv(h)))`` whose second conv starts at zero, so the net trains without
   norms; strided 3x3 convs down; nearest 2x resize + 3x3 conv up, with additive skips;
 - ReLU only (ORT folds it into the quantized conv), channel counts that suit VNNI (multiples of 16).
+
+A few-step student (``time_input=True``, the ``-t`` sizes) gets t the same way as its label: one more input
+plane holding t, concatenated to the noise, so its graph stays the one-step graph plus one input channel.
+With ``prediction="digit"`` it draws the digit from x_t and the velocity is (x_t - digit) / t, so an Euler
+step from t lands on the straight line from x_t to that digit, and the last step lands on the digit itself.
 
 ``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (the timestep is accepted and ignored),
 so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
@@ -25,7 +31,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 from torch.nn import functional as F
 
-from fm_edge.convention import MODEL_SIZE, NULL_LABEL, NUM_CLASS_EMBEDS
+from fm_edge.convention import MODEL_SIZE, NULL_LABEL, NUM_CLASS_EMBEDS, T_SCALE
 from fm_edge.errors import UsageError
 
 #: Named student sizes (``--student-arch``); "tiny" is for tests.
@@ -41,6 +47,12 @@ ARCHS: dict[str, dict] = {
 PREDICTIONS = ("velocity", "digit")
 #: each size also draws the digit: "<name>-digit" (better in int8 and in training, docs/int8.md)
 ARCHS.update({f"{name}-digit": dict(arch, prediction="digit") for name, arch in list(ARCHS.items())})
+#: and each digit size takes t as an input plane: "<name>-digit-t", a few-step student
+ARCHS.update(
+    {f"{name}-t": dict(arch, time_input=True) for name, arch in list(ARCHS.items()) if "digit" in name}
+)
+#: the digit head's velocity divides by t; no Euler grid comes near this
+MIN_T = 1e-3
 
 
 class _Block(nn.Module):
@@ -67,8 +79,10 @@ def _per_level(value, levels: int, name: str) -> tuple[int, ...]:
 class OneStepNet(ModelMixin, ConfigMixin):
     """Time-free, norm-free conv student; ``forward(sample, timestep, class_labels).sample`` is the velocity."""
 
-    #: read by the samplers, the export and the pipeline: any step count but 1 is refused
-    one_step_only = True
+    @property
+    def one_step_only(self) -> bool:
+        """Read by the samplers, the export and the pipeline: a time-free net refuses any step count but 1."""
+        return not self.config.time_input
 
     @register_to_config
     def __init__(
@@ -83,6 +97,7 @@ class OneStepNet(ModelMixin, ConfigMixin):
         layers_per_block: int | tuple[int, ...] = 2,
         up_layers_per_block: int | tuple[int, ...] = 1,
         prediction: str = "velocity",
+        time_input: bool = False,
     ):
         super().__init__()
         chans = tuple(block_out_channels)
@@ -104,7 +119,7 @@ class OneStepNet(ModelMixin, ConfigMixin):
         down = _per_level(layers_per_block, levels, "layers_per_block")
         up = _per_level(up_layers_per_block, levels - 1, "up_layers_per_block") if levels > 1 else ()
         self.label_embedding = nn.Embedding(num_class_embeds, label_channels)
-        stem_in = in_channels + label_channels
+        stem_in = in_channels + label_channels + int(bool(time_input))
         if patch_size == 1:
             self.stem = nn.Conv2d(stem_in, chans[0], 3, padding=1)
         else:
@@ -124,13 +139,21 @@ class OneStepNet(ModelMixin, ConfigMixin):
         self.conv_out = nn.Conv2d(chans[0], out_channels * patch_size**2, 3, padding=1)
 
     def forward(self, sample, timestep=None, class_labels=None, return_dict: bool = True):
-        """Velocity at t=1 for ``sample`` [B, C, H, W]; ``timestep`` is ignored (a one-step student)."""
+        """Velocity for ``sample`` [B, C, H, W] at ``timestep`` (t x T_SCALE, [B] or a number); a time-free net
+        ignores ``timestep`` and gives its velocity at t=1."""
         b, _, h, w = sample.shape
         if class_labels is None:
             class_labels = torch.full((b,), NULL_LABEL, dtype=torch.long, device=sample.device)
         planes = self.label_embedding(class_labels.reshape(-1)).to(sample.dtype)
-        planes = planes[:, :, None, None].expand(b, planes.shape[1], h, w)
-        x = F.relu(self.stem(torch.cat([sample, planes], dim=1)))
+        inputs = [sample, planes[:, :, None, None].expand(b, planes.shape[1], h, w)]
+        t = None
+        if self.config.time_input:
+            if timestep is None:
+                raise UsageError("this OneStepNet takes a time input: pass timestep = t x 1000")
+            t = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device).reshape(-1) / T_SCALE
+            t = t.expand(b)[:, None, None, None]
+            inputs.append(t.expand(b, 1, h, w))
+        x = F.relu(self.stem(torch.cat(inputs, dim=1)))
         skips = []
         for i, blocks in enumerate(self.down_blocks):
             if i > 0:
@@ -145,6 +168,8 @@ class OneStepNet(ModelMixin, ConfigMixin):
             x = F.pixel_shuffle(x, self.config.patch_size)
         if self.config.prediction == "digit":
             x = sample - x  # the net draws the digit; the noise reaches the velocity exactly, in float
+            if t is not None:
+                x = x / t.clamp(min=MIN_T)
         return UNet2DOutput(sample=x) if return_dict else (x,)
 
 

@@ -70,6 +70,27 @@ def test_digit_prediction_passes_the_noise_through_exactly():
         assert not vel(x, t, class_labels=y).sample.any()
 
 
+def test_time_input_net_takes_t_and_its_euler_step_lands_on_its_digit():
+    """A '-t' net: t is one more input plane, so the velocity depends on it; the digit head's velocity is
+    (x_t - digit) / t, so one Euler step of size t from x_t lands exactly on the digit it draws."""
+    model = randomized(build("tiny-digit-t"))
+    assert not model.one_step_only and build("tiny-digit").one_step_only
+    assert model.stem.in_channels == build("tiny-digit").stem.in_channels + 1
+    x, t, y = inputs()
+    with torch.no_grad():
+        v1, v_half = model(x, t, class_labels=y).sample, model(x, t * 0.5, class_labels=y).sample
+        assert not torch.allclose(v1, v_half)
+        torch.testing.assert_close(model(x, 500.0, class_labels=y).sample, v_half, rtol=0, atol=0)
+        model.conv_out.weight.zero_()
+        model.conv_out.bias.zero_()  # the net now draws the digit 0 everywhere
+        for scale in (1.0, 0.5, 0.25):
+            v = model(x, t * scale, class_labels=y).sample
+            torch.testing.assert_close(v, x / scale)
+            assert float((x - scale * v).abs().max()) < 1e-6
+    with pytest.raises(UsageError, match="takes a time input"):
+        model(x, None, class_labels=y)
+
+
 def test_seeded_construction_is_deterministic():
     torch.manual_seed(5)
     a = build("tiny")
@@ -256,6 +277,38 @@ def test_regress_trains_a_one_step_net_from_a_distilled_teacher(arch, distilled_
     assert len(state["losses"]) == 6 and all(np.isfinite(v) for _, v in state["losses"])
 
 
+def test_regress_trains_a_few_step_net_that_samples_exports_and_quantizes(distilled_teacher, tmp_path):
+    """A '-t' net regressed at the 4 grid times: its folder says 4 Euler steps, and it samples at 4, 2 and 1
+    (divisors of 4) in torch, in its exported sampler.onnx (equal to torch) and in int8 (recipe student)."""
+    from fm_edge.backends import generate, torch_backend
+    from fm_edge.cli import main
+    from fm_edge.model import check_steps_for, load
+    from fm_edge.runtime import OnnxSampler
+    from fm_edge.sampler_spec import SamplerSpec
+
+    folder = distill(
+        rcfg(tmp_path / "run", distilled_teacher, max_steps=6, student_arch="tiny-digit-t", student_steps=4),
+        progress=False,
+    )
+    model, fm = load(folder)
+    assert model.config.time_input and fm["sampler"]["steps"] == 4
+    assert (
+        fm["distillation"]["student_steps"] == 4 and "few Euler steps" in (folder / "README.md").read_text()
+    )
+    check_steps_for(folder, 2)  # no one-step refusal
+    backend = torch_backend(folder, num_threads=1)
+    labels = np.arange(4)
+    noise = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    by_steps = {k: generate(backend, labels, SamplerSpec("euler", k, 1.0), noise=noise) for k in (1, 2, 4)}
+    assert by_steps[1].shape == (4, 28, 28) and not np.array_equal(by_steps[1], by_steps[4])
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(folder), "-o", str(out), "--int8", "--calib-samples", "11"]) == 0
+    assert json.loads((out / "quantization.json").read_text())["recipe"]["name"] == "fm-edge-qdq-student-w8"
+    onnx_digits = OnnxSampler(out / "sampler.onnx", num_threads=1)(noise, labels)
+    assert int(np.abs(onnx_digits.astype(int) - by_steps[4].astype(int)).max()) <= 1
+    assert OnnxSampler(out / "sampler_int8.onnx", num_threads=1)(noise, labels).shape == (4, 28, 28)
+
+
 def test_regress_interrupted_resumes_exactly(tiny_ckpt, tmp_path, monkeypatch):
     from test_distill import _assert_same_run
 
@@ -308,7 +361,8 @@ def test_regress_sigkill_then_resume(tiny_ckpt, tmp_path):
     "kw, match",
     [
         (dict(student_arch="huge"), "unknown --student-arch 'huge'"),
-        (dict(student_steps=2), "--student-steps 1, not 2"),
+        (dict(student_steps=2), "--student-steps 2: --student-arch tiny has no time input"),
+        (dict(student_steps=3, student_arch="tiny-digit-t"), "--student-steps must be 1, 2, 4 or 8, got 3"),
         (dict(batch_size=0), "--batch-size must be >= 1"),
     ],
 )

@@ -362,10 +362,10 @@ def int8_verdict(summary: dict) -> str:
 def int8_config(args) -> Int8Config:
     """The ``--int8`` flags as an :class:`Int8Config`, checked before any export work starts."""
     recipe = args.int8_recipe
-    from fm_edge.model import is_one_step
+    from fm_edge.model import is_student_net
 
-    if recipe == "default" and is_one_step(args.model):
-        recipe = "student"  # a time-free OneStepNet: all in int8 but the label embedding
+    if recipe == "default" and is_student_net(args.model):
+        recipe = "student"  # a norm-free OneStepNet: all in int8 but the label embedding
     return Int8Config(
         calib_samples=args.calib_samples,
         seed=args.seed,
