@@ -62,6 +62,16 @@ def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: 
     return out
 
 
+def fresh_student(arch: str, out: Path) -> Path:
+    """A checkpoint folder of a freshly built OneStepNet of ``arch``: the config a regress run's EMA copies need."""
+    from fm_edge.model import fm_config
+    from fm_edge.student_net import build
+
+    build(arch).save_pretrained(out, safe_serialization=True)
+    (out / "fm_edge.json").write_text(json.dumps(fm_config(arch)))
+    return out
+
+
 def ema_weights(path: Path, teacher: Path) -> dict:
     """The EMA weights of a copied ``ema.safetensors`` under the teacher UNet's parameter names."""
     from fm_edge.checkpoint import named_ema_weights
@@ -126,16 +136,21 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     record = run_settings(run)
     settings = record["settings"]
     adversarial = record["method"] == "adversarial"
-    if adversarial:  # the run's own student, or for a run stopped before model/ its init, has its config
-        base = run / "model" if (run / "model").is_dir() else Path(record["init"])
+    one_student = record["method"] in ("adversarial", "regress")  # one student all run long, no rounds
+    if (run / "model").is_dir() and one_student:  # the run's own student has its config
+        base = run / "model"
+    elif adversarial:  # a run stopped before model/: its init has the config
+        base = Path(record["init"])
+    elif one_student:  # a regress run stopped before model/: a fresh net of its size
+        base = fresh_student(record["student_arch"], Path(tempfile.mkdtemp()))
     else:
         base = args.teacher
-    n_rounds = 1 if adversarial else len(record["rounds"]) - 1
+    n_rounds = 1 if one_student else len(record["rounds"]) - 1
     rows = []
     for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
         step = int(path.stem.split("-")[1])
         r = min(n_rounds - 1, (step - 1) * n_rounds // settings["max_steps"])
-        steps = record["student_steps"] if adversarial else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
+        steps = record["student_steps"] if one_student else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
         with tempfile.TemporaryDirectory() as tmp:
             folder = student_folder(ema_weights(path, base), base, steps, record, Path(tmp))
             for k in args.steps or [steps]:
