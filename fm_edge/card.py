@@ -26,9 +26,10 @@ def _where(folder: Path) -> str:
 
 def _what(folder: Path) -> str:
     """One sentence on the model class named in config.json."""
-    cfg = Path(folder) / "config.json"
-    name = json.loads(cfg.read_text()).get("_class_name") if cfg.is_file() else None
-    if name == "OneStepNet" and json.loads(cfg.read_text()).get("time_input"):
+    path = Path(folder) / "config.json"
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    name = cfg.get("_class_name")
+    if name == "OneStepNet" and cfg.get("time_input"):
         return (
             "A class-conditional `OneStepNet` with t as an input plane (fm_edge.student_net: a norm-free conv-ReLU"
             " net built for int8) that draws a digit in a few Euler steps, distilled from a teacher sampler."

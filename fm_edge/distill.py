@@ -267,6 +267,13 @@ def path_loss(model, x1, labels, x0, t):
     return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float()), digit
 
 
+def reflow_loss(model, x1, labels, x0, steps: int, generator):
+    """:func:`path_loss` at the K=``steps`` Euler grid times only (reflow: K Euler steps on the straight path
+    land on the teacher's digit); (loss, the student's digit estimate)."""
+    t = sample_times(len(x1), steps, 1.0, generator).to(x1.device)
+    return path_loss(model, x1, labels, x0, t)
+
+
 def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
     """MSE between the student's velocity on the straight teacher path and x1 - x0_T."""
     t = sample_times(len(x1), cfg.student_steps, cfg.t1_fraction, generator).to(x1.device)
@@ -435,8 +442,7 @@ class Regress(Pairs):
     def pair_loss(self, step: int, x1, y, x0, gen):
         if self.cfg.student_steps == 1:
             return regress_loss(self.model, x1, y, x0)
-        t = sample_times(len(x1), self.cfg.student_steps, 1.0, gen).to(x1.device)
-        return path_loss(self.model, x1, y, x0, t)[0]  # reflow at the student's grid times
+        return reflow_loss(self.model, x1, y, x0, self.cfg.student_steps, gen)[0]
 
 
 class Adversarial(Pairs):
@@ -539,8 +545,7 @@ class Adversarial(Pairs):
             labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
             fake = noise - velocity_at_noise(self.model, noise, labels)
         else:
-            t = sample_times(len(x1), k, 1.0, gen).to(self.device)
-            reg, fake = path_loss(self.model, x1, y, x0, t)
+            reg, fake = reflow_loss(self.model, x1, y, x0, k, gen)
             if self.rests:
                 return self._regression_only(reg)
             keep = y < NUM_CLASSES  # the critic judges conditional digits only

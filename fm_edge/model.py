@@ -115,16 +115,23 @@ def resolve(folder: str | os.PathLike | None) -> Path:
 ONE_STEP_CLASS = "OneStepNet"
 
 
-def class_name(folder: str | os.PathLike) -> str:
-    """config.json's ``_class_name`` (json only: no torch import)."""
+def model_config(folder: str | os.PathLike) -> dict:
+    """config.json as a dict (json only: no torch import); a file that is not a JSON object is one error."""
     path = Path(folder) / "config.json"
     try:
-        name = json.loads(path.read_text()).get("_class_name", "UNet2DModel")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise FmEdgeError(
             f"checkpoint {str(folder)!r} could not be loaded: config.json is not a valid diffusers config ({exc})"
         ) from None
-    return str(name)
+    return config
+
+
+def class_name(folder: str | os.PathLike) -> str:
+    """config.json's ``_class_name`` (json only: no torch import)."""
+    return str(model_config(folder).get("_class_name", "UNet2DModel"))
 
 
 def check_one_step(steps: int, flag: str = "--steps") -> None:
@@ -147,9 +154,7 @@ def is_student_net(folder: str | os.PathLike | None) -> bool:
 def is_one_step(folder: str | os.PathLike | None) -> bool:
     """Whether ``folder`` is a time-free OneStepNet checkpoint folder; a OneStepNet with a time input (a '-t'
     size) runs any step count."""
-    return is_student_net(folder) and not json.loads((Path(folder) / "config.json").read_text()).get(
-        "time_input"
-    )
+    return is_student_net(folder) and not model_config(folder).get("time_input")
 
 
 def check_steps_for(folder: str | os.PathLike | None, steps: int, flag: str = "--steps") -> None:

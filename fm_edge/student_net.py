@@ -18,8 +18,8 @@ plane holding t, concatenated to the noise, so its graph stays the one-step grap
 With ``prediction="digit"`` it draws the digit from x_t and the velocity is (x_t - digit) / t, so an Euler
 step from t lands on the straight line from x_t to that digit, and the last step lands on the digit itself.
 
-``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (the timestep is accepted and ignored),
-so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
+``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (a time-free net accepts the timestep and
+ignores it), so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def _per_level(value, levels: int, name: str) -> tuple[int, ...]:
 
 
 class OneStepNet(ModelMixin, ConfigMixin):
-    """Time-free, norm-free conv student; ``forward(sample, timestep, class_labels).sample`` is the velocity."""
+    """Norm-free conv student, time-free or with a t plane (``time_input``);
+    ``forward(sample, timestep, class_labels).sample`` is the velocity."""
 
     @property
     def one_step_only(self) -> bool:
