@@ -24,28 +24,32 @@ def _where(folder: Path) -> str:
         return "path/to/this/folder"
 
 
-def _what(folder: Path) -> str:
-    """One sentence on the model class named in config.json."""
+def _what(folder: Path) -> tuple[str, str]:
+    """The title's noun and one sentence on the model class named in config.json."""
     path = Path(folder) / "config.json"
     cfg = json.loads(path.read_text()) if path.is_file() else {}
     name = cfg.get("_class_name")
-    if name == "OneStepNet" and cfg.get("time_input"):
+    if name != "OneStepNet":
         return (
+            "UNet",
+            "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
+        )
+    if cfg.get("time_input"):
+        return "OneStepNet", (
             "A class-conditional `OneStepNet` with t as an input plane (fm_edge.student_net: a norm-free conv-ReLU"
             " net built for int8) that draws a digit in a few Euler steps, distilled from a teacher sampler."
         )
-    if name == "OneStepNet":
-        return (
-            "A class-conditional, time-free `OneStepNet` (fm_edge.student_net: a norm-free conv-ReLU net built"
-            " for int8) that maps noise to a digit in one network evaluation, distilled from a teacher sampler."
-        )
-    return "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective."
+    return "OneStepNet", (
+        "A class-conditional, time-free `OneStepNet` (fm_edge.student_net: a norm-free conv-ReLU net built"
+        " for int8) that maps noise to a digit in one network evaluation, distilled from a teacher sampler."
+    )
 
 
 def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
     """Render README.md for a checkpoint from its fm_edge config and (optionally) measured quality."""
     tr = config.get("training", {})
     s = SamplerSpec.from_dict(config.get("sampler"))
+    noun, what = _what(folder)
     lines = [
         "---",
         "library_name: diffusers",
@@ -56,9 +60,9 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
         "pipeline_tag: unconditional-image-generation",
         "---",
         "",
-        f"# fm-edge {config.get('preset', '?')} MNIST flow-matching UNet",
+        f"# fm-edge {config.get('preset', '?')} MNIST flow-matching {noun}",
         "",
-        _what(folder),
+        what,
         "These are the EMA weights.",
         "",
         "## Convention",

@@ -67,6 +67,7 @@ class DistillConfig:
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
     critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
     critic_lr: float | None = None  # adversarial: the critic's learning rate (None: --lr)
+    rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
     teacher_solver: str | None = None  # None: the teacher's recommended solver
@@ -98,6 +99,13 @@ class DistillConfig:
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+        if not 0 <= self.rollout <= 1:
+            raise UsageError(f"--rollout must be in [0, 1], got {self.rollout}")
+        if self.rollout and (self.method not in ("adversarial", "regress") or self.student_steps == 1):
+            raise UsageError(
+                "--rollout starts rows from the student's own Euler steps: it needs --method regress or "
+                "adversarial with --student-steps 2, 4 or 8"
+            )
         if self.critic_lr is not None and not (self.critic_lr > 0 and math.isfinite(self.critic_lr)):
             raise UsageError(f"--critic-lr must be a finite number > 0, got {self.critic_lr}")
         if not 0 <= self.critic_warmup < self.max_steps:
@@ -253,25 +261,55 @@ def sample_times(n: int, student_steps: int, t1_fraction: float, generator) -> o
     return torch.where(u < t1_fraction, pick, t)
 
 
-def path_loss(model, x1, labels, x0, t):
-    """(MSE between the student's velocity on the straight teacher path at times t and x1 - x0_T, the
-    student's digit estimate from there: x_t - t v, which one Euler step to t=0 would return)."""
+def path_loss(model, x1, labels, x0, t, xt=None):
+    """(MSE between the student's velocity at times t and the velocity to the teacher's digit x0_T, the
+    student's digit estimate from there: x_t - t v, which one Euler step to t=0 would return). The states
+    ``xt`` default to the straight teacher path, where that velocity is x1 - x0_T; from any other state it
+    is (x_t - x0_T) / t, the straight line from there to the digit."""
     import torch
 
     from fm_edge.convention import T_SCALE
     from fm_edge.flow import interpolate
 
-    xt = interpolate(x0, x1, t)
+    tv = t.view(-1, 1, 1, 1)
+    target = x1 - x0 if xt is None else (xt - x0) / tv
+    xt = interpolate(x0, x1, t) if xt is None else xt
     pred = model(xt, t * T_SCALE, class_labels=labels).sample
-    digit = xt - t.view(-1, 1, 1, 1) * pred
-    return torch.nn.functional.mse_loss(pred.float(), (x1 - x0).float()), digit
+    return torch.nn.functional.mse_loss(pred.float(), target.float()), xt - tv * pred
 
 
-def reflow_loss(model, x1, labels, x0, steps: int, generator):
+def own_states(model, x1, labels, k, steps: int):
+    """Where the student's own first k[i] Euler steps (of ``steps``) take each noise x1[i] (no gradient)."""
+    import torch
+
+    from fm_edge.convention import T_SCALE
+
+    x = x1.clone()
+    with torch.no_grad():
+        for j in range(int(k.max()) if len(k) else 0):
+            rows = k > j
+            t = torch.full((int(rows.sum()),), (1.0 - j / steps) * T_SCALE, device=x1.device)
+            x[rows] = x[rows] - model(x[rows], t, class_labels=labels[rows]).sample / steps
+    return x
+
+
+def reflow_loss(model, x1, labels, x0, steps: int, generator, rollout: float = 0.0):
     """:func:`path_loss` at the K=``steps`` Euler grid times only (reflow: K Euler steps on the straight path
-    land on the teacher's digit); (loss, the student's digit estimate)."""
+    land on the teacher's digit); (loss, the student's digit estimate). A ``rollout`` share of the rows below
+    t=1 starts from the student's own state at its grid time instead of the teacher's path: the state its
+    sampler really reaches, so the later steps learn to correct the earlier ones' errors."""
+    import torch
+
     t = sample_times(len(x1), steps, 1.0, generator).to(x1.device)
-    return path_loss(model, x1, labels, x0, t)
+    if not rollout:
+        return path_loss(model, x1, labels, x0, t)
+    from fm_edge.flow import interpolate
+
+    k = torch.round((1.0 - t) * steps).long()  # the grid index: Euler steps already taken
+    own = (torch.rand(len(x1), generator=generator).to(x1.device) < rollout) & (k > 0)
+    xt = interpolate(x0, x1, t)
+    xt[own] = own_states(model, x1[own], labels[own], k[own], steps)
+    return path_loss(model, x1, labels, x0, t, xt)
 
 
 def pairs_loss(model, x1, labels, x0, generator, cfg: DistillConfig):
@@ -442,7 +480,7 @@ class Regress(Pairs):
     def pair_loss(self, step: int, x1, y, x0, gen):
         if self.cfg.student_steps == 1:
             return regress_loss(self.model, x1, y, x0)
-        return reflow_loss(self.model, x1, y, x0, self.cfg.student_steps, gen)[0]
+        return reflow_loss(self.model, x1, y, x0, self.cfg.student_steps, gen, self.cfg.rollout)[0]
 
 
 class Adversarial(Pairs):
@@ -461,7 +499,7 @@ class Adversarial(Pairs):
 
     def check(self) -> None:
         from fm_edge.data import load_split
-        from fm_edge.model import check_steps_for, read_fm_config, resolve
+        from fm_edge.model import check_steps_for, is_one_step, model_config, read_fm_config, resolve
         from fm_edge.sampler_spec import checkpoint_spec
 
         self.init = resolve(self.cfg.init)
@@ -471,7 +509,14 @@ class Adversarial(Pairs):
                 f"--init {str(self.init)!r} samples with classifier-free guidance: the adversarial method "
                 "sharpens a distilled student (written by fm-edge distill)"
             )
-        check_steps_for(self.init, self.cfg.student_steps, "--student-steps")
+        # a time-free digit net becomes its '-t' size for several steps (student_net.with_time_input)
+        self.add_t = (
+            self.cfg.student_steps > 1
+            and is_one_step(self.init)
+            and model_config(self.init).get("prediction") == "digit"
+        )
+        if not self.add_t:
+            check_steps_for(self.init, self.cfg.student_steps, "--student-steps")
         if not self.rests:
             self.images, self.labels = load_split(self.cfg.data, "train")
 
@@ -498,16 +543,20 @@ class Adversarial(Pairs):
         )
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
+        if self.add_t:
+            record["init_t_plane"] = "added, zero weights: at t = 1 the student starts as --init"
         self.figures: dict = {}
 
     def student(self):
         from fm_edge.model import load
+        from fm_edge.student_net import with_time_input
 
         model, _ = load(self.init, device=self.device)
-        return model
+        return with_time_input(model) if self.add_t else model
 
     def preset(self, fm: dict) -> str:
-        return self.init_fm.get("preset", "unknown")
+        preset = self.init_fm.get("preset", "unknown")
+        return f"{preset}-t" if self.add_t else preset
 
     def extras(self) -> dict:
         return {"critic": self.critic, "critic_optimizer": self.critic_opt}
@@ -545,7 +594,7 @@ class Adversarial(Pairs):
             labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
             fake = noise - velocity_at_noise(self.model, noise, labels)
         else:
-            reg, fake = reflow_loss(self.model, x1, y, x0, k, gen)
+            reg, fake = reflow_loss(self.model, x1, y, x0, k, gen, self.cfg.rollout)
             if self.rests:
                 return self._regression_only(reg)
             keep = y < NUM_CLASSES  # the critic judges conditional digits only
@@ -775,7 +824,12 @@ def add_arguments(p) -> None:
         "adversarial (the distilled --init student keeps that regression plus a critic's term, trained on "
         "real --data digits)",
     )
-    p.add_argument("--init", default=None, help="adversarial: the distilled student folder to start from")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="adversarial: the distilled student folder to start from; with --student-steps above 1, a "
+        "time-free '-digit' net starts as its '-t' size (t plane weights 0: at t = 1 it is the init)",
+    )
     p.add_argument(
         "--data",
         default=None,
@@ -798,6 +852,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--critic-lr", type=float, default=DistillConfig.critic_lr,
         help="adversarial: the critic's learning rate, constant (default: --lr)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rollout", type=float, default=DistillConfig.rollout,
+        help="K-step regress and adversarial: share of the rows below t=1 that start from the student's own "
+        "state after its first Euler steps from their noise, instead of from the straight teacher path; the "
+        "target is still the teacher's digit (0: plain reflow)",
     )  # fmt: skip
     p.add_argument(
         "--student-arch",

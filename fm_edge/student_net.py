@@ -179,3 +179,18 @@ def build(arch: str, **overrides) -> OneStepNet:
     if arch not in ARCHS:
         raise UsageError(f"unknown student arch {arch!r}: choose one of {', '.join(ARCHS)}")
     return OneStepNet(**{**ARCHS[arch], **overrides})
+
+
+def with_time_input(model: OneStepNet) -> OneStepNet:
+    """The '-t' copy of a time-free digit net: its stem gets the t plane with zero weights, so at t = 1 the copy
+    is ``model`` exactly (velocity x - digit) and a few-step student starts from the one-step one."""
+    import torch
+
+    if model.config.time_input or model.config.prediction != "digit":
+        raise UsageError("only a time-free '-digit' OneStepNet gets a t plane added (its '-t' size)")
+    new = OneStepNet.from_config(model.config, time_input=True)
+    state = model.state_dict()
+    w = state["stem.weight"]  # [out, in, k, k]; the t plane is the last input channel
+    state["stem.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], dim=1)
+    new.load_state_dict(state)
+    return new.to(next(model.parameters()).device)

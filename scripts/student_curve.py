@@ -133,6 +133,11 @@ def main():
 
 def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     """One scored row per ema-<step> copy of the run: its student at its own step count."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return _curve_rows(run, curve, args, Path(scratch))
+
+
+def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     record = run_settings(run)
     settings = record["settings"]
     adversarial = record["method"] == "adversarial"
@@ -142,7 +147,7 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
     elif adversarial:  # a run stopped before model/: its init has the config
         base = Path(record["init"])
     elif one_student:  # a regress run stopped before model/: a fresh net of its size
-        base = fresh_student(record["student_arch"], Path(tempfile.mkdtemp()))
+        base = fresh_student(record["student_arch"], scratch)
     else:
         base = args.teacher
     n_rounds = 1 if one_student else len(record["rounds"]) - 1

@@ -187,6 +187,50 @@ def test_multi_step_grid_times_and_digit_estimate():
     assert loss.item() == 0.0 and torch.allclose(digit, x0, atol=1e-6)
 
 
+def test_rollout_starts_rows_from_the_students_own_euler_steps():
+    """--rollout: a row at grid index k starts from the student's own state after k Euler steps from its
+    noise, and its target is the straight line from there to the teacher's digit. A student whose digit is
+    the teacher's stays on the teacher path (loss 0 either way); any other student's own states leave it."""
+    from fm_edge.distill import own_states, reflow_loss
+    from fm_edge.student_net import build
+
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(64, 1, 32, 32, generator=g), torch.randn(64, 1, 32, 32, generator=g)
+    labels = torch.arange(64) % 10
+
+    class Oracle(torch.nn.Module):  # draws row i's teacher digit from any state (its "label" is i)
+        def forward(self, x, t, class_labels=None):
+            return SimpleNamespace(sample=(x - x0[class_labels]) / (t / 1000).view(-1, 1, 1, 1))
+
+    for rollout in (0.0, 1.0):
+        rows = torch.arange(64)
+        loss, digit = reflow_loss(Oracle(), x1, rows, x0, 4, torch.Generator().manual_seed(1), rollout)
+        assert loss.item() < 1e-10 and torch.allclose(digit, x0, atol=1e-5)
+    net = build("tiny-digit-t").eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
+    k = torch.tensor([0, 1, 2, 3])
+    got = own_states(net, x1[:4], labels[:4], k, 4)
+    with torch.no_grad():
+        for i in range(4):
+            x = x1[i : i + 1]
+            for j in range(int(k[i])):
+                x = (
+                    x
+                    - net(x, torch.tensor([(1 - j / 4) * 1000.0]), class_labels=labels[i : i + 1]).sample / 4
+                )
+            torch.testing.assert_close(got[i : i + 1], x)
+    assert torch.equal(got[0], x1[0]) and not torch.allclose(got[3], x1[3])
+    plain = reflow_loss(net, x1, labels, x0, 4, torch.Generator().manual_seed(1))[0]
+    own = reflow_loss(net, x1, labels, x0, 4, torch.Generator().manual_seed(1), 1.0)[0]
+    assert not torch.isclose(plain, own)
+
+
+def test_rollout_run_records_it(distilled_teacher, tiny_data, tmp_path):
+    folder = distill(acfg(tmp_path, distilled_teacher, distilled_teacher, tiny_data, student_steps=2, rollout=0.5,
+                          adv_weight=0.0, max_steps=2), progress=False)  # fmt: skip
+    assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["rollout"] == 0.5
+
+
 def test_multi_step_student_from_a_unet_init(distilled_teacher, tiny_data, tmp_path):
     """--student-steps 4 from a one-step UNet: the result samples in 4 Euler steps, its critic trained."""
     from fm_edge.backends import torch_backend
@@ -197,6 +241,22 @@ def test_multi_step_student_from_a_unet_init(distilled_teacher, tiny_data, tmp_p
     assert backend.sampler.steps == 4 and backend.sampler.cfg_scale == 1.0
     assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["student_steps"] == 4
     assert (tmp_path / "checkpoint-4" / "critic.safetensors").is_file()
+
+
+def test_multi_step_student_from_a_time_free_digit_net(distilled_teacher, tiny_data, tmp_path):
+    """--student-steps 2 from a time-free '-digit' net: the student starts as its '-t' size (equal at t = 1),
+    and the result samples in 2 steps; a time-free velocity net is still refused (test below)."""
+    from fm_edge.backends import torch_backend
+    from fm_edge.model import load
+
+    flat = distill(rcfg(tmp_path / "flat", distilled_teacher, max_steps=1, student_arch="tiny-digit"),
+                   progress=False)  # fmt: skip
+    folder = distill(acfg(tmp_path / "run", distilled_teacher, flat, tiny_data, student_steps=2, max_steps=2),
+                     progress=False)  # fmt: skip
+    model, fm = load(folder)
+    assert model.config.time_input and fm["preset"] == "tiny-digit-t" and fm["sampler"]["steps"] == 2
+    assert "zero weights" in fm["distillation"]["init_t_plane"]
+    assert torch_backend(folder, num_threads=1).sampler.steps == 2
 
 
 def test_the_critic_term_changes_the_update(distilled_teacher, tiny_data, tmp_path):
@@ -306,6 +366,8 @@ def test_adversarial_sigkill_then_resume(distilled_teacher, tiny_data, tmp_path)
         (dict(critic_warmup=4), "--critic-warmup must be >= 0 and below --max-steps"),
         (dict(critic_warmup=2, adv_weight=0.0), "--critic-warmup warms the critic"),
         (dict(critic_lr=0.0), "--critic-lr must be a finite number > 0"),
+        (dict(rollout=1.5), "--rollout must be in \\[0, 1\\]"),
+        (dict(rollout=0.5), "--rollout starts rows from the student's own Euler steps"),
         (dict(critic_lr=float("nan")), "--critic-lr must be a finite number > 0"),
     ],
 )

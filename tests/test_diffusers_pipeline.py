@@ -262,7 +262,7 @@ def test_card_front_matter_and_usage(tmp_path):
         )
         assert {"flow-matching", "mnist", "fm-edge", "diffusers:FmEdgePipeline"} <= set(meta["tags"])
         assert "## Use with diffusers" in text and f'FmEdgePipeline.from_pretrained("{where}")' in text
-        assert "## Measured quality" in text
+        assert "## Measured quality" in text and "MNIST flow-matching UNet\n" in text
 
 
 def test_importing_fm_edge_does_not_import_the_pipeline():

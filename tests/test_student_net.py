@@ -91,6 +91,27 @@ def test_time_input_net_takes_t_and_its_euler_step_lands_on_its_digit():
         model(x, None, class_labels=y)
 
 
+def test_with_time_input_starts_as_the_time_free_net_at_t_1():
+    """A time-free digit net given its t plane (zero weights) is the same net at t = 1, and a '-t' size."""
+    from fm_edge.student_net import with_time_input
+
+    flat = randomized(build("tiny-digit"))
+    timed = with_time_input(flat)
+    assert timed.config.time_input and not timed.one_step_only
+    public = lambda net: {k: v for k, v in net.config.items() if not k.startswith("_")}  # noqa: E731
+    assert {**public(timed), "time_input": False} == public(flat)
+    x, t, y = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(timed(x, t, class_labels=y).sample, flat(x, t, class_labels=y).sample)
+        timed.stem.weight[:, -1].fill_(1.0)  # the t plane is the stem's last input channel
+        assert not torch.allclose(
+            timed(x, t, class_labels=y).sample, timed(x, t * 0.5, class_labels=y).sample
+        )
+    for bad in (build("tiny"), build("tiny-digit-t")):  # velocity head; already has t
+        with pytest.raises(UsageError, match="only a time-free '-digit' OneStepNet"):
+            with_time_input(bad)
+
+
 def test_seeded_construction_is_deterministic():
     torch.manual_seed(5)
     a = build("tiny")
@@ -292,9 +313,9 @@ def test_regress_trains_a_few_step_net_that_samples_exports_and_quantizes(distil
     )
     model, fm = load(folder)
     assert model.config.time_input and fm["sampler"]["steps"] == 4
-    assert (
-        fm["distillation"]["student_steps"] == 4 and "few Euler steps" in (folder / "README.md").read_text()
-    )
+    card = (folder / "README.md").read_text()
+    assert fm["distillation"]["student_steps"] == 4 and "few Euler steps" in card
+    assert "MNIST flow-matching OneStepNet" in card and "flow-matching UNet" not in card
     check_steps_for(folder, 2)  # no one-step refusal
     backend = torch_backend(folder, num_threads=1)
     labels = np.arange(4)
