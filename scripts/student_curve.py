@@ -144,6 +144,9 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     one_student = record["method"] in ("adversarial", "regress")  # one student all run long, no rounds
     if (run / "model").is_dir() and one_student:  # the run's own student has its config
         base = run / "model"
+    elif adversarial and record.get("init_t_plane"):  # a time-free init given its t plane: its '-t' size
+        preset = json.loads((Path(record["init"]) / "fm_edge.json").read_text())["preset"]
+        base = fresh_student(f"{preset}-t", scratch)
     elif adversarial:  # a run stopped before model/: its init has the config
         base = Path(record["init"])
     elif one_student:  # a regress run stopped before model/: a fresh net of its size
