@@ -272,8 +272,10 @@ def path_loss(model, x1, labels, x0, t, xt=None):
     from fm_edge.flow import interpolate
 
     tv = t.view(-1, 1, 1, 1)
-    target = x1 - x0 if xt is None else (xt - x0) / tv
-    xt = interpolate(x0, x1, t) if xt is None else xt
+    if xt is None:
+        xt, target = interpolate(x0, x1, t), x1 - x0
+    else:
+        target = (xt - x0) / tv
     pred = model(xt, t * T_SCALE, class_labels=labels).sample
     return torch.nn.functional.mse_loss(pred.float(), target.float()), xt - tv * pred
 

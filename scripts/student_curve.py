@@ -145,8 +145,9 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     if (run / "model").is_dir() and one_student:  # the run's own student has its config
         base = run / "model"
     elif adversarial and record.get("init_t_plane"):  # a time-free init given its t plane: its '-t' size
-        preset = json.loads((Path(record["init"]) / "fm_edge.json").read_text())["preset"]
-        base = fresh_student(f"{preset}-t", scratch)
+        from fm_edge.model import read_fm_config
+
+        base = fresh_student(f"{read_fm_config(record['init'])['preset']}-t", scratch)
     elif adversarial:  # a run stopped before model/: its init has the config
         base = Path(record["init"])
     elif one_student:  # a regress run stopped before model/: a fresh net of its size
