@@ -195,14 +195,20 @@ def pair_chunk_inputs(seed: int, chunk: int, n: int) -> tuple[np.ndarray, np.nda
 
 
 def teacher_pairs(
-    cfg: DistillConfig, teacher: Path, s: dict, device: str, progress: bool = True
+    cfg: DistillConfig, teacher: Path, s: dict, device: str, progress: bool = True, record: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x1 noise, labels, x0 teacher samples) for cfg.pairs pairs, generated chunk by chunk or read back."""
+    """(x1 noise, labels, x0 teacher samples) for cfg.pairs pairs, generated chunk by chunk or read back.
+
+    New chunks come from the teacher's own ``onnx/velocity.onnx`` through ONNX Runtime when that file was
+    exported from the same weights and the run is on the CPU (about twice torch eager's pairs per second on
+    a 2-core AVX2 CPU), else from torch; ``record["pairs_backend"]`` says which ("cache" when none was new).
+    """
     from tqdm.auto import tqdm
 
     from fm_edge.artifacts import weights_hash
     from fm_edge.atomic import atomic_file, remove_leftovers
-    from fm_edge.backends import generate, torch_backend
+    from fm_edge.backends import generate
+    from fm_edge.sample import make_backend, pick_backend
 
     folder = Path(cfg.output_dir) / PAIRS_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +229,8 @@ def teacher_pairs(
                 x1, y = pair_chunk_inputs(cfg.seed, c, CHUNK)
                 x1, y = x1[:n], y[:n]
                 if backend is None:
-                    backend = torch_backend(teacher, cfg.num_threads, device)
+                    name = pick_backend("auto", teacher, device=device)
+                    backend = make_backend(name, teacher, cfg.num_threads, device)
                 x0 = generate(
                     backend, y, s, noise=x1, raw=True,
                     batch_size=CHUNK,
@@ -234,6 +241,8 @@ def teacher_pairs(
             for lst, a in zip((xs, ys, x0s), cached, strict=True):
                 lst.append(a)
             bar.update(n)
+    if record is not None:
+        record["pairs_backend"] = backend.name if backend is not None else "cache"
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(x0s)
 
 
@@ -448,7 +457,7 @@ class Pairs(Method):
         from fm_edge.loop import EpochOrder
 
         t0 = time.time()
-        arrays = teacher_pairs(self.cfg, self.teacher, self.s, self.device, progress)
+        arrays = teacher_pairs(self.cfg, self.teacher, self.s, self.device, progress, record)
         self.x1, self.y, self.x0 = (torch.from_numpy(a).to(self.device) for a in arrays)
         record["pairs_seconds"] = round(time.time() - t0, 1)
         self.order = EpochOrder(len(self.x1), self.cfg.batch_size, self.cfg.seed)

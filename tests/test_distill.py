@@ -56,6 +56,7 @@ def test_student_folder_is_a_checkpoint_with_the_distilled_sampler(student, tiny
     }
     d = fm["distillation"]
     assert d["method"] == "pairs" and d["pairs"] == 24 and d["steps"] == 4
+    assert d["pairs_backend"] == "torch"  # the tiny teacher has no onnx/ export
     assert d["teacher_sha256"] == weights_hash(tiny_ckpt)
     assert d["teacher_sampler"] == {"solver": "heun", "steps": 3, "cfg_scale": 1.5, "shift": 1.0}
     assert (student / "README.md").read_text().startswith("---\n")
@@ -85,6 +86,26 @@ def test_pairs_are_the_teachers_guided_samples(student, tiny_ckpt):
     assert set(labels.tolist()) <= set(range(11)) and len(labels) == 24
     ref = generate(torch_backend(tiny_ckpt), labels[:4], SamplerSpec("heun", 3, 1.5), noise=x1[:4], raw=True)
     np.testing.assert_allclose(x0[:4], ref, atol=1e-5)
+
+
+def test_pairs_come_from_the_teachers_onnx_export_when_it_matches(tiny_ckpt, tmp_path):
+    import shutil
+
+    from fm_edge.backends import generate, onnx_backend, torch_backend
+    from fm_edge.export.command import export
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_ckpt, teacher)
+    export(teacher, teacher / "onnx", num_threads=1, log=io.StringIO())
+    folder = distill(cfg(tmp_path / "run", teacher, max_steps=2), progress=False)
+    assert json.loads((folder / FM_CONFIG).read_text())["distillation"]["pairs_backend"] == "onnx"
+    with np.load(tmp_path / "run" / "pairs" / "chunk-00000.npz") as z:
+        x1, labels, x0 = z["x1"][:4], z["labels"][:4], z["x0"][:4]
+    spec = SamplerSpec("heun", 3, 1.5)
+    ort = generate(onnx_backend(teacher / "onnx" / "velocity.onnx", 1), labels, spec, noise=x1, raw=True)
+    np.testing.assert_array_equal(x0, ort)
+    ref = generate(torch_backend(tiny_ckpt), labels, spec, noise=x1, raw=True)
+    np.testing.assert_allclose(x0, ref, atol=1e-4)  # the same teacher, to float rounding
 
 
 def test_progressive_halves_the_teacher_grid(tiny_ckpt, tmp_path):
