@@ -46,7 +46,7 @@ HELP = {
     ),
     "web": (
         "static site: digits in the browser with onnxruntime-web (no server code)",
-        "Writes a folder any static host serves: a page that runs sampler.onnx (and its int8 sibling, from the same noise) with onnxruntime-web's WASM or WebGPU backend; the runtime's files come from npm ci --prefix web.",
+        "Writes a folder any static host serves: a page that runs the int8 sampler (and, behind a checkbox, its fp32 sibling from the same noise) with onnxruntime-web's WASM or WebGPU backend; the runtime's files come from npm ci --prefix web.",
     ),
     "env": (
         "versions, CPU features and providers (for bug reports)",

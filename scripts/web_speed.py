@@ -4,9 +4,10 @@
     python scripts/web_speed.py --model A/onnx/sampler.onnx --model B/onnx/sampler.onnx --rounds 6
 
 Each sampler gets two sites (``fm-edge web``: the asyncify WebGPU build the site ships, and ``--no-webgpu``:
-the plain WASM build), each open in its own tab; every round times ``--calls`` Generates of ``--batch``
-digits in every tab, fp32 and int8 columns alike, and prints the median (and best) ms per digit as a table.
-Run it on a quiet machine. The browser test (tests/test_web.py) prints the page default's figure too.
+the plain WASM build), each open in its own tab with ``?compare=1`` (fp32 and int8 side by side; the page's
+default is int8 alone); every round times ``--calls`` Generates of ``--batch`` digits in every tab, fp32 and
+int8 columns alike, and prints the median (and best) ms per digit as a table. Run it on a quiet machine. The
+browser test (tests/test_web.py) prints the page default's figure too.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def main() -> None:
                 servers.append(server)
                 page = browser.new_context().new_page()
                 page.set_default_timeout(300_000)
-                page.goto(url)
+                page.goto(url + "?compare=1")  # both columns, as the compare box gives
                 _wait_ready(page)
                 page.evaluate(GENERATE, feed)  # warm-up
                 key = (model.parent.parent.name, build)

@@ -296,6 +296,33 @@ GENERATE = """async ({ labels, noise }) => {
 }"""
 
 
+#: the names of the columns the page shows, in order
+COLUMNS = "() => Array.from(document.querySelectorAll('.column h2'), (h) => h.textContent)"
+
+
+def _tick(page, on: bool) -> list[str]:
+    """Click the real "compare with fp32" box, wait until its load is done (the box is disabled while the page is
+    busy) and return the columns' names."""
+    box = page.locator("#compare-fp32")
+    box.check() if on else box.uncheck()
+    page.wait_for_function("() => !document.querySelector('#compare-fp32').disabled")
+    message = page.locator("#message")
+    assert message.is_hidden(), message.text_content()
+    return page.evaluate(COLUMNS)
+
+
+def _arrays(run: list[dict], n: int) -> tuple[dict, dict]:
+    """name -> the digits generate returned, name -> the digits the canvas shows."""
+    shape = (n, 28, 28)
+    got = {r["name"]: np.array(r["images"], np.uint8).reshape(shape) for r in run}
+    drawn = {r["name"]: np.array(r["drawn"], np.uint8).reshape(shape) for r in run}
+    return got, drawn
+
+
+def _within_one(a: np.ndarray, b: np.ndarray) -> bool:
+    return int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
 @pytest.mark.browser
 def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_path):
     from test_demo import CHROMIUM, CHROMIUM_ARGS, _browser_or_skip
@@ -305,7 +332,12 @@ def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_
 
     info = json.loads((site / "site.json").read_text())
     noise, labels = same_noise(BATCH)
+    feed = {"labels": labels.tolist(), "noise": noise.ravel().tolist()}
+    one = {"labels": labels[:1].tolist(), "noise": noise[:1].ravel().tolist()}
+    fp32_site = tmp_path / "fp32-site"
+    assert main(["web", "-o", str(fp32_site), "--no-int8"]) == 0
     server, url = start(site)
+    fp32_server, fp32_url = start(fp32_site)
     errors = []
     try:
         with sync_playwright() as p:
@@ -320,11 +352,21 @@ def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_
             _wait_ready(page)
             runtime = page.locator("#runtime").text_content()
             assert "cross-origin isolated" in runtime and "not cross-origin" not in runtime, runtime
-            # the same noise and labels as Python: the digits, and the canvases that show them
-            feed = {"labels": labels.tolist(), "noise": noise.ravel().tolist()}
-            runs = [page.evaluate(GENERATE, feed) for _ in range(4)]
+            # the default: the int8 sampler alone, the compare box shown and unchecked
+            default_columns = page.evaluate(COLUMNS)
+            box = page.locator("#compare-fp32")
+            box_default = box.is_visible(), box.is_checked()
+            # the same noise and labels as Python: the digits, and the canvas that shows them
+            alone = [page.evaluate(GENERATE, feed) for _ in range(4)]
+            # the box: the fp32 column loads and comes first; the same noise through both
+            compare_columns = _tick(page, True)
+            compared = page.evaluate(GENERATE, feed)
+            compare_line = page.locator("#compare").text_content()
+            # unticked: int8 alone again; ticked again: fp32's old digits are gone
+            untick_columns = _tick(page, False)
+            retick_columns = _tick(page, True)
+            stale = page.evaluate("() => document.querySelector('.stats').textContent")
             # the form's own path: its seeded noise, and one sentence for a bad count
-            page.evaluate("() => document.querySelectorAll('.stats').forEach((e) => (e.textContent = ''))")
             page.fill("#count", str(BATCH))
             page.click("#generate")
             page.wait_for_function(
@@ -338,37 +380,60 @@ def test_page_draws_python_onnxruntimes_digits_and_says_what_is_wrong(site, tmp_
             page.set_input_files("#file", str(TEACHER / "velocity.onnx"))
             page.wait_for_function("() => !document.querySelector('#message').hidden")
             not_sampler = page.locator("#message").text_content()
-            columns = page.locator(".column").count()
-            # offline after one visit
+            columns = page.evaluate(COLUMNS)
+            # a picked sampler is shown alone, and the box goes
+            page.set_input_files("#file", str(site / info["models"]["int8"]))
+            page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Using')")
+            picked = page.evaluate(COLUMNS), box.is_visible()
+            # offline after one visit, fp32 too (?compare=1: both columns at start)
             page.wait_for_function(
                 "() => document.querySelector('#offline').textContent.startsWith('Works offline')"
             )
             context.set_offline(True)
-            page.reload()
+            page.goto(url + "?compare=1")
             _wait_ready(page)
-            offline = page.evaluate(
-                GENERATE, {"labels": labels[:1].tolist(), "noise": noise[:1].ravel().tolist()}
-            )
+            offline = page.evaluate(GENERATE, one)
+            # a site without int8 (--no-int8): fp32 alone, no box
+            plain = browser.new_context().new_page()
+            plain.on("pageerror", lambda e: errors.append(str(e)))
+            plain.set_default_timeout(300_000)
+            plain.goto(fp32_url)
+            _wait_ready(plain)
+            fp32_alone = plain.evaluate(COLUMNS), plain.locator("#compare-fp32").is_visible()
+            fp32_run = plain.evaluate(GENERATE, one)
             browser.close()
     finally:
         server.shutdown()
-    for name in ("fp32", "int8"):
-        times = sorted(next(r["ms"] for r in run if r["name"] == name) / BATCH for run in runs[1:])
-        print(f"\nfm-edge web, {name}, batch {BATCH}: {times[len(times) // 2]:.2f} ms per digit "
-              f"(median of {len(times)}; {runtime.strip()})")  # fmt: skip
+        fp32_server.shutdown()
+    times = sorted(run[0]["ms"] / BATCH for run in alone[1:])
+    print(f"\nfm-edge web, the page's default (int8 alone), batch {BATCH}: {times[len(times) // 2]:.2f} ms per "
+          f"digit (median of {len(times)}; {runtime.strip()})")  # fmt: skip
+    both = ", ".join(f"{r['name']} {r['ms'] / BATCH:.2f}" for r in compared)
+    print(f"  with the compare box ticked, one call: {both} ms per digit")
     assert not errors, errors
     models = {k: site / v for k, v in info["models"].items()}
     py = {k: python_digits(m, noise, labels) for k, m in models.items()}
-    for run in runs:
-        got = {r["name"]: np.array(r["images"], np.uint8).reshape(BATCH, 28, 28) for r in run}
-        drawn = {r["name"]: np.array(r["drawn"], np.uint8).reshape(BATCH, 28, 28) for r in run}
-        assert int(np.abs(got["fp32"].astype(int) - py["fp32"].astype(int)).max()) <= 1
+    assert default_columns == ["int8"] and box_default == (True, False)
+    for run in alone:
+        got, drawn = _arrays(run, BATCH)
+        assert list(got) == ["int8"]
         assert psnr(got["int8"], py["int8"]) > INT8_MIN_PSNR_DB
-        for name in got:
-            np.testing.assert_array_equal(drawn[name], got[name])
+        np.testing.assert_array_equal(drawn["int8"], got["int8"])
+    assert compare_columns == ["fp32", "int8"] and [r["name"] for r in compared] == compare_columns
+    got, drawn = _arrays(compared, BATCH)
+    assert _within_one(got["fp32"], py["fp32"])
+    assert psnr(got["int8"], py["int8"]) > INT8_MIN_PSNR_DB
+    for name in got:
+        np.testing.assert_array_equal(drawn[name], got[name])
+    assert compare_line.startswith("int8 vs fp32: max |diff| ") and "PSNR" in compare_line, compare_line
+    assert untick_columns == ["int8"] and retick_columns == ["fp32", "int8"] and stale == ""
     assert (
         bad_count
         == f'The count must be a whole number from 1 to {info["max_count"]}; got "{info["max_count"] + 1}".'
     )
-    assert not_sampler.startswith("That file is not an fm-edge sampler.onnx") and columns == 2
-    assert np.abs(np.array(offline[0]["images"], int) - py["fp32"][:1].ravel().astype(int)).max() <= 1
+    assert not_sampler.startswith("That file is not an fm-edge sampler.onnx") and columns == ["fp32", "int8"]
+    assert picked == ([Path(info["models"]["int8"]).name], False)
+    assert [r["name"] for r in offline] == ["fp32", "int8"]
+    assert _within_one(np.array(offline[0]["images"]), py["fp32"][:1].ravel())
+    assert fp32_alone == (["fp32"], False) and [r["name"] for r in fp32_run] == ["fp32"]
+    assert _within_one(np.array(fp32_run[0]["images"]), py["fp32"][:1].ravel())

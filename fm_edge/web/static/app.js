@@ -1,5 +1,7 @@
-// The page: load onnxruntime-web and the samplers site.json names, then draw digits from the same noise
-// through each of them. Every failure the user can cause or meet is one sentence in #message.
+// The page: load onnxruntime-web and the sampler site.json names, then draw digits with it. When the site has
+// an int8 file, that file runs alone by default (the faster one, as good as fp32); the "compare with fp32" box
+// (or ?compare=1) loads the fp32 file too and draws the same noise through both. Every failure the user can
+// cause or meet is one sentence in #message.
 import { DIGIT_SIZE, gaussianNoise, loadSampler, readMetadata, sampleDigits } from "./fm-edge-sampler.js";
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +10,12 @@ const PAD = 4; // pixels between digits
 const PER_ROW = 8;
 const NOT_A_SAMPLER = "That file is not an fm-edge sampler.onnx: pick a sampler.onnx written by fm-edge export.";
 
-const state = { site: null, ort: null, ep: "", threads: 1, options: {}, columns: [], busy: false };
+const state = {
+  site: null, ort: null, ep: "", threads: 1, options: {}, columns: [], busy: false, running: Promise.resolve(),
+  loaded: {}, // model key -> column, each session made once
+  compare: false, // fp32 beside int8
+  picked: false, // a file from "another sampler.onnx" is shown in place of the site's samplers
+};
 
 class Sentence extends Error {} // an error whose message is already the sentence the page shows
 
@@ -78,6 +85,56 @@ function showColumns(columns) {
   state.columns = columns;
   $("columns").replaceChildren(...columns.map((c) => c.el));
   $("compare").textContent = "";
+}
+
+// The site's samplers to show: int8 alone by default, fp32 first and int8 beside it when comparing, fp32 alone
+// on a site without int8 (fm-edge web --no-int8).
+function siteNames() {
+  const models = state.site.models;
+  if (!("int8" in models)) return Object.keys(models);
+  return state.compare ? ["fp32", "int8"] : ["int8"];
+}
+
+async function fetchModel(name) {
+  const path = state.site.models[name];
+  const r = await fetch(path).catch(() => null);
+  if (!r?.ok) throw new Sentence(`The sampler ${path} did not load: serve the whole folder fm-edge web wrote.`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// The columns of siteNames(), each fetched and loaded the first time it is needed.
+async function siteColumns() {
+  const columns = [];
+  for (const name of siteNames()) {
+    state.loaded[name] ??= await makeColumn(name, await fetchModel(name));
+    columns.push(state.loaded[name]);
+  }
+  return columns;
+}
+
+// The checkbox: add the fp32 column before int8 (loading it the first time), or remove it.
+async function setCompare(on) {
+  if (!("int8" in state.site.models)) throw new Sentence("This site has no int8 sampler to compare with fp32.");
+  if (state.picked) throw new Sentence("A picked file is shown alone: reload the page to compare fp32 and int8.");
+  state.compare = on;
+  if (on && !state.loaded.fp32) $("status").textContent = "Loading the fp32 sampler…";
+  try {
+    const columns = await siteColumns();
+    for (const c of columns) {
+      if (state.columns.includes(c)) continue;
+      // a column shown again: its old digits came from other noise than its neighbour's
+      c.canvas.getContext("2d").clearRect(0, 0, c.canvas.width, c.canvas.height);
+      c.stats.textContent = "";
+    }
+    showColumns(columns);
+  } catch (err) {
+    state.compare = false; // the int8 column stays
+    throw err;
+  } finally {
+    $("compare-fp32").checked = state.compare;
+    $("status").textContent = "Ready: press Generate.";
+  }
+  return state.columns.map((c) => c.name);
 }
 
 function draw(canvas, images, n) {
@@ -172,20 +229,25 @@ function readForm() {
   return { labels, noise: gaussianNoise(count, seed) };
 }
 
-async function busy(work) {
-  if (state.busy) return undefined;
+// One piece of work at a time (a Generate, a load); the button and the checkbox wait for it.
+function busy(work) {
+  if (state.busy) return Promise.resolve(undefined);
   state.busy = true;
-  $("generate").disabled = true;
-  try {
-    say("");
-    return await work();
-  } catch (err) {
-    say(describe(err));
-    return undefined;
-  } finally {
-    state.busy = false;
-    $("generate").disabled = state.columns.length === 0;
-  }
+  $("generate").disabled = $("compare-fp32").disabled = true;
+  state.running = (async () => {
+    try {
+      say("");
+      return await work();
+    } catch (err) {
+      say(describe(err));
+      return undefined;
+    } finally {
+      state.busy = false;
+      $("generate").disabled = state.columns.length === 0;
+      $("compare-fp32").disabled = false;
+    }
+  })();
+  return state.running;
 }
 
 async function start() {
@@ -195,20 +257,17 @@ async function start() {
   const response = await fetch("site.json").catch(() => null);
   if (!response?.ok) throw new Sentence("The site's site.json is missing: serve the whole folder fm-edge web wrote.");
   state.site = await response.json();
-  const files = [];
-  for (const [name, path] of Object.entries(state.site.models)) {
-    const r = await fetch(path).catch(() => null);
-    if (!r?.ok) throw new Sentence(`The sampler ${path} did not load: serve the whole folder fm-edge web wrote.`);
-    files.push([name, new Uint8Array(await r.arrayBuffer())]);
-  }
+  const query = new URLSearchParams(location.search);
+  // ?compare=1: start with fp32 beside int8 (for scripts); the checkbox shows only where there is int8
+  const pair = "int8" in state.site.models;
+  state.compare = pair && query.get("compare") === "1";
   // ?opt=disabled|basic|extended|all: ORT's graph optimization level (for profiling; default all)
-  const level = new URLSearchParams(location.search).get("opt") ?? "all";
+  const level = query.get("opt") ?? "all";
   const open = async (wasmOnly) => {
     Object.assign(state, await loadRuntime(state.site, wasmOnly));
     state.options = { executionProviders: [state.ep], graphOptimizationLevel: level };
-    const columns = [];
-    for (const [name, bytes] of files) columns.push(await makeColumn(name, bytes));
-    return columns;
+    state.loaded = {};
+    return siteColumns();
   };
   let columns;
   try {
@@ -219,6 +278,8 @@ async function start() {
     columns = await open(true);
   }
   showColumns(columns);
+  $("compare-fp32").checked = state.compare;
+  $("compare-label").hidden = !pair;
   const isolation = crossOriginIsolated ? "cross-origin isolated" : "not cross-origin isolated (see docs/web.md: _headers)";
   $("runtime").textContent =
     `onnxruntime-web ${state.site.ort_version ?? ""} · ${state.ep} · ${state.threads} thread(s) · ${isolation}.`;
@@ -228,6 +289,8 @@ async function start() {
 async function useFile(file) {
   const bytes = new Uint8Array(await file.arrayBuffer());
   showColumns([await makeColumn(file.name, bytes)]);
+  state.picked = true;
+  $("compare-label").hidden = true; // a picked file is shown alone; reloading the page brings the box back
   $("status").textContent = `Using ${file.name}.`;
 }
 
@@ -252,6 +315,7 @@ $("form").addEventListener("submit", (event) => {
     await generate(labels, noise);
   });
 });
+$("compare-fp32").addEventListener("change", (event) => busy(() => setCompare(event.target.checked)));
 $("file").addEventListener("change", () => {
   const file = $("file").files[0];
   if (file) busy(() => useFile(file));
@@ -262,5 +326,15 @@ window.fmEdge = {
   ready,
   generate: (labels, noise) => busy(() => generate(labels, noise)),
   readCanvas,
-  info: () => ({ ep: state.ep, threads: state.threads, isolated: crossOriginIsolated, site: state.site }),
+  // the checkbox's path: resolves to the shown columns' names once they are ready (undefined on a failure,
+  // whose sentence is in #message)
+  setCompare: async (on) => {
+    await ready;
+    while (state.busy) await state.running;
+    return busy(() => setCompare(Boolean(on)));
+  },
+  info: () => ({
+    ep: state.ep, threads: state.threads, isolated: crossOriginIsolated, site: state.site,
+    columns: state.columns.map((c) => c.name), compare: state.compare,
+  }),
 };
