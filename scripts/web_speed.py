@@ -4,8 +4,8 @@
     python scripts/web_speed.py --model A/onnx/sampler.onnx --model B/onnx/sampler.onnx --rounds 6
 
 Each sampler gets two sites (``fm-edge web``: the asyncify WebGPU build the site ships, and ``--no-webgpu``:
-the plain WASM build), each open in its own tab with ``?compare=1`` (fp32 and int8 side by side; the page's
-default is int8 alone); every round times ``--calls`` Generates of ``--batch`` digits in every tab, fp32 and
+the plain WASM build), each open in its own tab with ``?compare=1`` (fp32 and int8 side by side), or as the
+page opens by default with ``--default-page`` (int8 alone); every round times ``--calls`` Generates of ``--batch`` digits in every tab, fp32 and
 int8 columns alike, and prints the median (and best) ms per digit as a table. Run it on a quiet machine. The
 browser test (tests/test_web.py) prints the page default's figure too.
 """
@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=3, help="Generates per tab per round")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument(
+        "--default-page", action="store_true", help="open the page as it starts (int8 alone), not ?compare=1"
+    )
     args = ap.parse_args()
     models = [Path(m) for m in args.model or [DEFAULT_SAMPLER, UNET]]
     from playwright.sync_api import sync_playwright
@@ -60,7 +63,7 @@ def main() -> None:
                 servers.append(server)
                 page = browser.new_context().new_page()
                 page.set_default_timeout(300_000)
-                page.goto(url + "?compare=1")  # both columns, as the compare box gives
+                page.goto(url if args.default_page else url + "?compare=1")  # ?compare=1: both columns
                 _wait_ready(page)
                 page.evaluate(GENERATE, feed)  # warm-up
                 key = (model.parent.parent.name, build)
