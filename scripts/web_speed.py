@@ -5,9 +5,9 @@
 
 Each sampler gets two sites (``fm-edge web``: the asyncify WebGPU build the site ships, and ``--no-webgpu``:
 the plain WASM build), each open in its own tab with ``?compare=1`` (fp32 and int8 side by side), or as the
-page opens by default with ``--default-page`` (int8 alone); every round times ``--calls`` Generates of ``--batch`` digits in every tab, fp32 and
-int8 columns alike, and prints the median (and best) ms per digit as a table. Run it on a quiet machine. The
-browser test (tests/test_web.py) prints the page default's figure too.
+page opens by default with ``--default-page`` (int8 alone); every round times ``--calls`` Generates of
+``--batch`` digits in every tab, fp32 and int8 columns alike, and prints the median (and best) ms per digit as
+a table. Run it on a quiet machine. The browser test (tests/test_web.py) prints the page default's figure too.
 """
 
 from __future__ import annotations

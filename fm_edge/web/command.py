@@ -23,8 +23,9 @@ from fm_edge.errors import FmEdgeError, UsageError
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-#: the fp32 sampler the site ships by default (the time-free one-step student: its int8 sibling, sampler_int8.onnx
-#: beside it, is what the page runs by default, about twice as fast in WASM; fp32 is behind the compare box)
+#: the fp32 sampler the site ships by default (the time-free one-step student). Its int8 sibling,
+#: sampler_int8.onnx beside it, is what the page runs by default, about twice as fast in WASM; fp32 is
+#: behind the compare box.
 DEFAULT_SAMPLER = HERE.parent / "checkpoints" / "onestep-mnist-digit" / "onnx" / "sampler.onnx"
 INT8_NAME = "sampler_int8.onnx"
 #: where ``npm ci --prefix web`` puts onnxruntime-web, relative to the working folder or the checkout
@@ -61,8 +62,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--int8-model",
         default=None,
-        help=f"its int8 file, which the page runs by default, fp32 beside it on request (default: {INT8_NAME} "
-        "beside --model, if any)",
+        help="its int8 file, which the page runs by default, fp32 beside it on request "
+        f"(default: {INT8_NAME} beside --model, if any)",
     )
     p.add_argument("--no-int8", action="store_true", help="ship the fp32 sampler alone, with no comparison")
     p.add_argument(
