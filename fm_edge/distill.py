@@ -201,7 +201,9 @@ def teacher_pairs(
 
     New chunks come from the teacher's own ``onnx/velocity.onnx`` through ONNX Runtime when that file was
     exported from the same weights and the run is on the CPU (about twice torch eager's pairs per second on
-    a 2-core AVX2 CPU), else from torch; ``record["pairs_backend"]`` says which ("cache" when none was new).
+    a 2-core AVX2 CPU), else from torch. Each chunk keeps the name of the backend that made it, and
+    ``record["pairs_backend"]`` names those of all the run's chunks ("onnx", "torch", or both joined by "+";
+    "unrecorded" for chunks cached before chunks kept it), so a resumed run says the same as a fresh one.
     """
     from tqdm.auto import tqdm
 
@@ -215,7 +217,7 @@ def teacher_pairs(
     remove_leftovers(folder, "chunk-*")
     teacher_hash = weights_hash(teacher)
     backend = None
-    xs, ys, x0s = [], [], []
+    xs, ys, x0s, made_by = [], [], [], set()
     n_chunks = math.ceil(cfg.pairs / CHUNK)
     with tqdm(
         total=cfg.pairs, desc="teacher pairs", unit="pair", disable=not progress, file=sys.stderr
@@ -236,13 +238,21 @@ def teacher_pairs(
                     batch_size=CHUNK,
                 )  # fmt: skip
                 with atomic_file(path) as tmp, open(tmp, "wb") as f:
-                    np.savez(f, x1=x1, labels=y, x0=x0.astype(np.float32), meta=json.dumps(meta))
-                cached = (x1, y, x0)
-            for lst, a in zip((xs, ys, x0s), cached, strict=True):
+                    np.savez(
+                        f,
+                        x1=x1,
+                        labels=y,
+                        x0=x0.astype(np.float32),
+                        meta=json.dumps(meta),
+                        backend=backend.name,
+                    )
+                cached = (x1, y, x0, backend.name)
+            for lst, a in zip((xs, ys, x0s), cached[:3], strict=True):
                 lst.append(a)
+            made_by.add(cached[3])
             bar.update(n)
     if record is not None:
-        record["pairs_backend"] = backend.name if backend is not None else "cache"
+        record["pairs_backend"] = "+".join(sorted(made_by))
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(x0s)
 
 
@@ -253,7 +263,8 @@ def _read_chunk(path: Path, meta: dict, n: int):
         with np.load(path) as z:
             if json.loads(str(z["meta"])) != meta or len(z["labels"]) != n:
                 return None
-            return z["x1"], z["labels"], z["x0"]
+            made_by = str(z["backend"]) if "backend" in z.files else "unrecorded"
+            return z["x1"], z["labels"], z["x0"], made_by
     except Exception:  # a damaged cache file is regenerated
         return None
 

@@ -107,6 +107,20 @@ def test_pairs_come_from_the_teachers_onnx_export_when_it_matches(tiny_ckpt, tmp
     ref = generate(torch_backend(tiny_ckpt), labels, spec, noise=x1, raw=True)
     np.testing.assert_allclose(x0, ref, atol=1e-4)  # the same teacher, to float rounding
 
+    # a run that reads these pairs back from its cache still says ORT made them
+    shutil.copytree(tmp_path / "run" / "pairs", tmp_path / "again" / "pairs")
+    folder = distill(cfg(tmp_path / "again", teacher, max_steps=1), progress=False)
+    assert json.loads((folder / FM_CONFIG).read_text())["distillation"]["pairs_backend"] == "onnx"
+    # a chunk cached before chunks named their backend is read back and called "unrecorded"
+    chunk = tmp_path / "old" / "pairs" / "chunk-00000.npz"
+    chunk.parent.mkdir(parents=True)
+    with np.load(tmp_path / "run" / "pairs" / "chunk-00000.npz") as z:
+        np.savez(chunk, **{k: z[k] for k in z.files if k != "backend"})
+    folder = distill(cfg(tmp_path / "old", teacher, max_steps=1), progress=False)
+    assert json.loads((folder / FM_CONFIG).read_text())["distillation"]["pairs_backend"] == "unrecorded"
+    with np.load(chunk) as z:
+        assert "backend" not in z.files  # read back, not made again
+
 
 def test_progressive_halves_the_teacher_grid(tiny_ckpt, tmp_path):
     c = cfg(tmp_path, tiny_ckpt, method="progressive", teacher_steps=4, teacher_solver="euler", max_steps=4)
