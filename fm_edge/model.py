@@ -66,13 +66,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def trainable_presets() -> tuple[str, ...]:
+    """What ``fm-edge train --preset`` takes: the UNet2DModel presets, and the int8-built OneStepNet sizes
+    with a t input (``fm_edge.student_net.ARCHS``' ``-t`` names), which can learn the whole velocity field."""
+    from fm_edge.student_net import ARCHS
+
+    return (*PRESETS, *(name for name, arch in ARCHS.items() if arch.get("time_input")))
+
+
+def check_trainable(preset: str) -> None:
+    """A UsageError unless ``fm-edge train --preset`` can train ``preset`` (see :func:`trainable_presets`)."""
+    if preset in PRESETS:
+        return
+    from fm_edge.student_net import ARCHS
+
+    if preset in ARCHS and f"{preset}-t" in ARCHS:
+        raise UsageError(
+            f"--preset {preset} is a one-step net without a time input; flow matching trains its '-t' size, "
+            f"{preset}-t"
+        )
+    if preset not in trainable_presets():
+        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(trainable_presets())}")
+
+
 def build(preset: str):
-    """A freshly initialised UNet2DModel of the named preset."""
+    """A freshly initialised model of the named preset: a UNet2DModel, or a ``-t`` OneStepNet size."""
     from diffusers import UNet2DModel
 
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    return UNet2DModel(**PRESETS[preset])
+    if preset in PRESETS:
+        return UNet2DModel(**PRESETS[preset])
+    check_trainable(preset)
+    from fm_edge.student_net import build as build_student
+
+    return build_student(preset)
 
 
 def fm_config(preset: str, sampler: SamplerSpec | dict | None = None, **extra) -> dict:

@@ -78,6 +78,9 @@ class TrainConfig:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if not (self.epochs > 0 and math.isfinite(self.epochs)):
             raise UsageError(f"--epochs must be a finite number > 0, got {self.epochs}")
+        from fm_edge.model import check_trainable
+
+        check_trainable(self.preset)
 
 
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
@@ -109,7 +112,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     from fm_edge.checkpoint import resume_checkpoint
     from fm_edge.convention import encode_uint8
     from fm_edge.data import load_split
-    from fm_edge.flow import loss_fn, sample_t
+    from fm_edge.flow import DIGIT_T_FLOOR, loss_fn, sample_t
     from fm_edge.loop import EpochOrder, TrainingLoop
     from fm_edge.model import build
 
@@ -167,6 +170,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     module = accelerator.unwrap_model(model)
 
     order = EpochOrder(len(x_all), per_step, cfg.seed, device)
+    t_floor = DIGIT_T_FLOOR if getattr(module.config, "prediction", "velocity") == "digit" else None
 
     def step_loss(step: int):
         """This step's batch (this process's share of the epoch's order) and its flow-matching loss."""
@@ -174,7 +178,14 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         gen = torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * world + rank)
         with accelerator.autocast():
             loss = loss_fn(
-                model, x_all[idx], y_all[idx], gen, cfg.time_sampling, cfg.label_dropout, cfg.ot_coupling
+                model,
+                x_all[idx],
+                y_all[idx],
+                gen,
+                cfg.time_sampling,
+                cfg.label_dropout,
+                cfg.ot_coupling,
+                t_floor,
             )
         return loss, per_step
 
@@ -226,7 +237,12 @@ def add_arguments(p) -> None:
     from fm_edge.model import PRESETS
 
     p.add_argument("-o", "--output-dir", default="runs/compact", help="run folder (checkpoints and model/)")
-    p.add_argument("--preset", default="compact", choices=tuple(PRESETS), help="model preset")
+    p.add_argument(
+        "--preset",
+        default="compact",
+        help=f"model preset: a UNet2DModel ({', '.join(PRESETS)}), or an int8-built OneStepNet size with a t "
+        "input (a '-digit-t' name of fm_edge.student_net.ARCHS, e.g. s2-48-96-128-digit-t)",
+    )
     p.add_argument(
         "--data", default=None, help="local MNIST folder in the hub layout (default: hub ylecun/mnist)"
     )

@@ -187,6 +187,7 @@ CASES = [
     ("train-data-wrong-columns", TRAIN + ["--data", "{ws}/bad/columns"], 2, ["columns", "image", "label"]),
     ("train-data-missing", TRAIN + ["--data", "{ws}/bad/nothing_here"], 2, ["nothing_here", "not a folder"]),
     ("train-preset-unknown", TRAIN + ["--preset", "huge"], 2, ["'huge'", "compact"]),
+    ("train-preset-no-time", TRAIN + ["--preset", "s2-32-64-digit"], 2, ["time input", "s2-32-64-digit-t"]),
     ("train-lr-nan", TRAIN + ["--lr", "nan"], 2, ["--lr", "nan"]),
     ("train-batch-size-0", TRAIN + ["--batch-size", "0"], 2, ["--batch-size", "0"]),
     ("train-label-dropout", TRAIN + ["--label-dropout", "1.5"], 2, ["--label-dropout", "1.5"]),

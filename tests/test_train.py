@@ -1,5 +1,6 @@
 """Training: checkpoints, exact resume, the inference folder, NaN handling, bad data, Accelerate multi-process."""
 
+import dataclasses
 import json
 import math
 import os
@@ -356,6 +357,57 @@ def test_ot_coupling_changes_the_pairs_but_not_the_draws(tmp_path, tiny_data):
     assert plain["losses"][0][1] != ot["losses"][0][1]
     fm = json.loads((tmp_path / "b" / "model" / "fm_edge.json").read_text())
     assert fm["training"]["ot_coupling"] is True and fm["training"]["lr_schedule"] == "constant"
+
+
+def test_digit_nets_loss_caps_the_weight_of_small_t():
+    """A digit-drawing net's velocity error is its digit error / t; below t_floor the loss stops growing."""
+    from fm_edge.flow import loss_fn
+
+    def zero_velocity(xt, t, class_labels):
+        return type("Out", (), {"sample": torch.zeros_like(xt)})()
+
+    x0 = torch.zeros(64, 1, 4, 4)  # so the target velocity is the noise itself
+    labels = torch.arange(64) % 10
+    plain = loss_fn(zero_velocity, x0, labels, torch.Generator().manual_seed(5), "uniform", 0.0)
+    floored = loss_fn(
+        zero_velocity, x0, labels, torch.Generator().manual_seed(5), "uniform", 0.0, t_floor=0.5
+    )
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(64, 1, 4, 4, generator=g)
+    t = torch.rand(64, generator=g)
+    torch.testing.assert_close(plain, noise.square().mean())
+    scale = torch.where(t < 0.5, t / 0.5, torch.ones_like(t)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(floored, (noise * scale).square().mean())
+    assert floored < plain and (t < 0.5).any() and (t >= 0.5).any()
+
+
+def test_an_int8_built_net_trains_by_flow_matching_and_resumes(tmp_path, tiny_data):
+    """``--preset tiny-digit-t``: the OneStepNet with a t plane learns the velocity field from data; the run
+    resumes exactly, and its folder samples at any step count."""
+    from safetensors.torch import load_file
+
+    from fm_edge.backends import generate, torch_backend
+
+    straight = train(cfg(tmp_path / "straight", tiny_data, preset="tiny-digit-t"), progress=False)
+    split = tmp_path / "split"
+    train(cfg(split, tiny_data, preset="tiny-digit-t", max_steps=4), progress=False)
+    train(cfg(split, tiny_data, preset="tiny-digit-t"), resume="latest", progress=False)
+    a = json.loads((tmp_path / "straight" / "checkpoint-6" / "state.json").read_text())
+    b = json.loads((split / "checkpoint-6" / "state.json").read_text())
+    assert a["losses"] == b["losses"]
+    wa, wb = (load_file(r / "checkpoint-6" / "ema.safetensors") for r in (tmp_path / "straight", split))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k])
+    model, fm = load(straight)
+    assert type(model).__name__ == "OneStepNet" and model.config.time_input
+    assert model.config.prediction == "digit" and fm["preset"] == "tiny-digit-t"
+    x, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 10])
+    with torch.no_grad():
+        assert not torch.allclose(model(x, 900.0, y).sample, model(x, 400.0, y).sample)  # t is an input
+    backend = torch_backend(straight, num_threads=1)
+    for steps in (1, 2, 4):
+        images = generate(backend, [0, 7], dataclasses.replace(backend.sampler, steps=steps))
+        assert images.shape == (2, 28, 28) and images.dtype == "uint8"
 
 
 def test_edge_preset_is_attention_free():
