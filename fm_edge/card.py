@@ -35,9 +35,12 @@ def _what(folder: Path) -> tuple[str, str]:
             "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
         )
     if cfg.get("time_input"):
+        fm_path = Path(folder) / "fm_edge.json"
+        distilled = not fm_path.is_file() or "distillation" in json.loads(fm_path.read_text())
+        how = "distilled from a teacher sampler" if distilled else "trained by flow matching from data"
         return "OneStepNet", (
             "A class-conditional `OneStepNet` with t as an input plane (fm_edge.student_net: a norm-free conv-ReLU"
-            " net built for int8) that draws a digit in a few Euler steps, distilled from a teacher sampler."
+            f" net built for int8) that draws a digit in a few Euler steps, {how}."
         )
     return "OneStepNet", (
         "A class-conditional, time-free `OneStepNet` (fm_edge.student_net: a norm-free conv-ReLU net built"

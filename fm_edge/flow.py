@@ -16,7 +16,7 @@ TIME_SAMPLING = ("uniform", "logit-normal")
 OT_GROUP = 128
 # A net that draws the digit (velocity = (x_t - digit) / t) has its velocity error = digit error / t, so the
 # velocity loss weighs the digit error by 1/t^2 and has no bound as t -> 0. Below this t the weight stays at
-# 1/DIGIT_T_FLOOR^2; no Euler grid of up to 10 steps evaluates the net below it.
+# 1/DIGIT_T_FLOOR^2; no Euler grid of up to 10 steps with time shift >= 1 evaluates the net below it.
 DIGIT_T_FLOOR = 0.1
 
 

@@ -80,10 +80,11 @@ def check_trainable(preset: str) -> None:
         return
     from fm_edge.student_net import ARCHS
 
-    if preset in ARCHS and f"{preset}-t" in ARCHS:
+    if preset in ARCHS and not ARCHS[preset].get("time_input"):
+        t_size = f"{preset}-t" if f"{preset}-t" in ARCHS else f"{preset}-digit-t"
         raise UsageError(
-            f"--preset {preset} is a one-step net without a time input; flow matching trains its '-t' size, "
-            f"{preset}-t"
+            f"--preset {preset} is a one-step net without a time input; flow matching trains a '-t' size, "
+            f"such as {t_size}"
         )
     if preset not in trainable_presets():
         raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(trainable_presets())}")

@@ -85,6 +85,7 @@ class TrainConfig:
 
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
+    from fm_edge.flow import DIGIT_T_FLOOR
     from fm_edge.model import fm_config, save_inference_folder
 
     config = fm_config(
@@ -97,6 +98,10 @@ def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, s
             "images_seen": state["images_seen"],
             "train_seconds": round(state["train_seconds"], 1),
             "final_loss_ema": state.get("loss_ema"),
+            # a digit-drawing net's loss holds the digit error's weight at t below this (flow.DIGIT_T_FLOOR)
+            "digit_t_floor": DIGIT_T_FLOOR
+            if getattr(model.config, "prediction", "velocity") == "digit"
+            else None,
         },
     )
     return save_inference_folder(out_dir, model, ema, config)

@@ -42,6 +42,7 @@ def test_train_writes_checkpoints_and_inference_folder(tmp_path, tiny_data):
     assert not list(tmp_path.glob(".*tmp"))  # no temporary folders left behind
     model, fm = load(final)
     assert fm["preset"] == "tiny" and fm["training"]["steps"] == 6
+    assert fm["training"]["digit_t_floor"] is None  # a UNet's velocity loss is not capped
     assert fm["training"]["images_seen"] == 6 * 16
     card = (final / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: diffusers" in card
@@ -387,6 +388,7 @@ def test_an_int8_built_net_trains_by_flow_matching_and_resumes(tmp_path, tiny_da
     from safetensors.torch import load_file
 
     from fm_edge.backends import generate, torch_backend
+    from fm_edge.flow import DIGIT_T_FLOOR
 
     straight = train(cfg(tmp_path / "straight", tiny_data, preset="tiny-digit-t"), progress=False)
     split = tmp_path / "split"
@@ -401,6 +403,8 @@ def test_an_int8_built_net_trains_by_flow_matching_and_resumes(tmp_path, tiny_da
     model, fm = load(straight)
     assert type(model).__name__ == "OneStepNet" and model.config.time_input
     assert model.config.prediction == "digit" and fm["preset"] == "tiny-digit-t"
+    assert fm["training"]["digit_t_floor"] == DIGIT_T_FLOOR
+    assert "trained by flow matching from data" in (straight / "README.md").read_text()
     x, y = torch.randn(2, 1, 32, 32), torch.tensor([3, 10])
     with torch.no_grad():
         assert not torch.allclose(model(x, 900.0, y).sample, model(x, 400.0, y).sample)  # t is an input
