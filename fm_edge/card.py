@@ -24,8 +24,9 @@ def _where(folder: Path) -> str:
         return "path/to/this/folder"
 
 
-def _what(folder: Path) -> tuple[str, str]:
-    """The title's noun and one sentence on the model class named in config.json."""
+def _what(folder: Path, config: dict) -> tuple[str, str]:
+    """The title's noun and one sentence on the model class named in config.json (``config``: fm_edge.json's
+    content, which says whether the net was distilled)."""
     path = Path(folder) / "config.json"
     cfg = json.loads(path.read_text()) if path.is_file() else {}
     name = cfg.get("_class_name")
@@ -35,8 +36,7 @@ def _what(folder: Path) -> tuple[str, str]:
             "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
         )
     if cfg.get("time_input"):
-        fm_path = Path(folder) / "fm_edge.json"
-        distilled = not fm_path.is_file() or "distillation" in json.loads(fm_path.read_text())
+        distilled = "distillation" in config
         how = "distilled from a teacher sampler" if distilled else "trained by flow matching from data"
         return "OneStepNet", (
             "A class-conditional `OneStepNet` with t as an input plane (fm_edge.student_net: a norm-free conv-ReLU"
@@ -52,7 +52,7 @@ def write_card(folder: Path, config: dict, quality: dict | None = None) -> None:
     """Render README.md for a checkpoint from its fm_edge config and (optionally) measured quality."""
     tr = config.get("training", {})
     s = SamplerSpec.from_dict(config.get("sampler"))
-    noun, what = _what(folder)
+    noun, what = _what(folder, config)
     lines = [
         "---",
         "library_name: diffusers",

@@ -247,9 +247,10 @@ def teacher_pairs(
                         backend=backend.name,
                     )
                 cached = (x1, y, x0, backend.name)
-            for lst, a in zip((xs, ys, x0s), cached[:3], strict=True):
+            *arrays, name = cached
+            for lst, a in zip((xs, ys, x0s), arrays, strict=True):
                 lst.append(a)
-            made_by.add(cached[3])
+            made_by.add(name)
             bar.update(n)
     if record is not None:
         record["pairs_backend"] = "+".join(sorted(made_by))

@@ -20,6 +20,11 @@ OT_GROUP = 128
 DIGIT_T_FLOOR = 0.1
 
 
+def t_floor_for(model) -> float | None:
+    """:data:`DIGIT_T_FLOOR` for a net that draws the digit (config ``prediction="digit"``), else None."""
+    return DIGIT_T_FLOOR if getattr(model.config, "prediction", "velocity") == "digit" else None
+
+
 def sample_t(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
     """Training times in (0, 1) on the generator's device: uniform, or logit-normal(0, 1) (mid-path, as SD3)."""
     import torch

@@ -86,8 +86,9 @@ def check_trainable(preset: str) -> None:
             f"--preset {preset} is a one-step net without a time input; flow matching trains a '-t' size, "
             f"such as {t_size}"
         )
-    if preset not in trainable_presets():
-        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(trainable_presets())}")
+    names = trainable_presets()
+    if preset not in names:
+        raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(names)}")
 
 
 def build(preset: str):

@@ -85,7 +85,7 @@ class TrainConfig:
 
 def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, sampler=None) -> Path:
     """Write the inference folder (save_pretrained with EMA weights, fm_edge.json, model card)."""
-    from fm_edge.flow import DIGIT_T_FLOOR
+    from fm_edge.flow import t_floor_for
     from fm_edge.model import fm_config, save_inference_folder
 
     config = fm_config(
@@ -99,9 +99,7 @@ def export_inference(out_dir: Path, model, ema, cfg: TrainConfig, state: dict, s
             "train_seconds": round(state["train_seconds"], 1),
             "final_loss_ema": state.get("loss_ema"),
             # a digit-drawing net's loss holds the digit error's weight at t below this (flow.DIGIT_T_FLOOR)
-            "digit_t_floor": DIGIT_T_FLOOR
-            if getattr(model.config, "prediction", "velocity") == "digit"
-            else None,
+            "digit_t_floor": t_floor_for(model),
         },
     )
     return save_inference_folder(out_dir, model, ema, config)
@@ -117,7 +115,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     from fm_edge.checkpoint import resume_checkpoint
     from fm_edge.convention import encode_uint8
     from fm_edge.data import load_split
-    from fm_edge.flow import DIGIT_T_FLOOR, loss_fn, sample_t
+    from fm_edge.flow import loss_fn, sample_t, t_floor_for
     from fm_edge.loop import EpochOrder, TrainingLoop
     from fm_edge.model import build
 
@@ -175,7 +173,7 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
     module = accelerator.unwrap_model(model)
 
     order = EpochOrder(len(x_all), per_step, cfg.seed, device)
-    t_floor = DIGIT_T_FLOOR if getattr(module.config, "prediction", "velocity") == "digit" else None
+    t_floor = t_floor_for(module)
 
     def step_loss(step: int):
         """This step's batch (this process's share of the epoch's order) and its flow-matching loss."""
