@@ -180,7 +180,7 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     return rows
 
 
-def plot(rows: list, n: int, path: Path) -> None:
+def plot(rows: list, n: int, path: Path, xlabel: str = "student images seen (thousands)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,7 +190,7 @@ def plot(rows: list, n: int, path: Path) -> None:
     for label in dict.fromkeys(r["label"] for r in rows):
         pts = [r for r in rows if r["label"] == label]
         ax.plot([p["images_seen"] / 1e3 for p in pts], [p["ratio"] for p in pts], "o-", label=label)
-    ax.set_xlabel("student images seen (thousands)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"FD / real-data floor (n={n})")
     ax.set_yscale("log")
     from fm_edge.bench import plain_log_ticks
