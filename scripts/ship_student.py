@@ -1,4 +1,6 @@
-"""Finish a shipped student folder: its history and measured quality in fm_edge.json, samples.png, the card.
+"""Finish a shipped or stage folder: its history and measured quality in fm_edge.json, samples.png, the card.
+
+A distilled student names its teacher with ``--parent``; a net trained from data names its data there.
 
     python scripts/ship_student.py fm_edge/checkpoints/compact-mnist-student --parent "compact-mnist (v1.1)" \\
         --cpu "Intel Xeon (AVX512-VNNI), 2 threads" --command "fm-edge distill ..." \\
@@ -43,7 +45,7 @@ def main():
                 rec["init"] = args.init
             rec["cpu"] = args.cpu
             rec["command"] = args.command
-            rec["wall_minutes"] = round(rec.get("seconds", 0) / 60, 1)
+            rec["wall_minutes"] = round(rec.get("seconds", rec.get("train_seconds", 0)) / 60, 1)
     quality = {"evaluator": "fm-edge classifier, FD vs MNIST test features"}
     for spec in args.quality:
         name, _, report = spec.partition("=")
