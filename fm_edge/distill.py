@@ -527,10 +527,13 @@ class Adversarial(Pairs):
 
         self.init = resolve(self.cfg.init)
         self.init_fm = read_fm_config(self.init)
-        if not checkpoint_spec(self.init_fm).distilled:
+        # a K-step student may start from a guided teacher's own weights (reflow, as the 2-rectified flow starts
+        # from the 1-rectified one); one step sharpens a student that is already distilled
+        if not checkpoint_spec(self.init_fm).distilled and self.cfg.student_steps == 1:
             raise UsageError(
-                f"--init {str(self.init)!r} samples with classifier-free guidance: the adversarial method "
-                "sharpens a distilled student (written by fm-edge distill)"
+                f"--init {str(self.init)!r} samples with classifier-free guidance: one step of the adversarial "
+                "method sharpens a distilled student (written by fm-edge distill); --student-steps 2 or more "
+                "may start from a teacher"
             )
         # a time-free digit net becomes its '-t' size for several steps (student_net.with_time_input)
         self.add_t = (
@@ -850,8 +853,9 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--init",
         default=None,
-        help="adversarial: the distilled student folder to start from; with --student-steps above 1, a "
-        "time-free '-digit' net starts as its '-t' size (t plane weights 0: at t = 1 it is the init)",
+        help="adversarial: the distilled student folder to start from; with --student-steps above 1 also a "
+        "guided teacher (reflow from its own weights), and a time-free '-digit' net starts as its '-t' size "
+        "(t plane weights 0: at t = 1 it is the init)",
     )
     p.add_argument(
         "--data",

@@ -243,6 +243,22 @@ def test_multi_step_student_from_a_unet_init(distilled_teacher, tiny_data, tmp_p
     assert (tmp_path / "checkpoint-4" / "critic.safetensors").is_file()
 
 
+def test_multi_step_student_from_its_guided_teacher(tiny_ckpt, tiny_data, tmp_path):
+    """--student-steps 2 may start from the guided teacher's own weights (reflow): the student samples in 2
+    steps without CFG, the teacher's scale folded in; one step from a guided init stays an error (below)."""
+    from fm_edge.artifacts import weights_hash
+    from fm_edge.backends import torch_backend
+    from fm_edge.model import read_fm_config
+
+    folder = distill(acfg(tmp_path, tiny_ckpt, tiny_ckpt, tiny_data, student_steps=2, adv_weight=0.0, max_steps=2),
+                     progress=False)  # fmt: skip
+    fm = read_fm_config(folder)
+    assert fm["distillation"]["init_sha256"] == weights_hash(tiny_ckpt)
+    assert fm["sampler"]["distilled_cfg_scale"] == read_fm_config(tiny_ckpt)["sampler"]["cfg_scale"]
+    sampler = torch_backend(folder, num_threads=1).sampler
+    assert sampler.steps == 2 and sampler.cfg_scale == 1.0
+
+
 def test_multi_step_student_from_a_time_free_digit_net(distilled_teacher, tiny_data, tmp_path):
     """--student-steps 2 from a time-free '-digit' net: the student starts as its '-t' size (equal at t = 1),
     and the result samples in 2 steps; a time-free velocity net is still refused (test below)."""
