@@ -17,14 +17,14 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
   teacher may itself be a distilled few-step student; its baked-in guidance carries over. A '-t' net (t as
   an input plane) with ``student_steps`` K > 1 learns the same pairs at the K grid times, as ``pairs``
   does (reflow), so it samples in K Euler steps or in any divisor of K.
-- ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing distilled
-  student (``init``: a UNet, or a OneStepNet for one step) keeps regressing onto the cached teacher pairs
-  while a small conditional critic (:mod:`fm_edge.critic`), trained in the same step on real MNIST, scores its
-  digits; ``adv_weight`` x the critic's hinge term sharpens what plain regression leaves blurred, and
-  ``class_weight`` x its class head's cross-entropy keeps each digit in its label's class. One step:
-  digits from fresh noise. ``student_steps`` K > 1: the regression is ``pairs`` at the K grid times (the
-  straight path, so K Euler steps land on the teacher's digit) and the critic scores the digit estimated
-  at each, x_t - t v.
+- ``adversarial`` (the adversarial term of Sauer et al. 2023's ADD, on our regression): an existing net
+  (``init``: a distilled UNet or OneStepNet student, or for K > 1 steps also a guided teacher) keeps
+  regressing onto the cached teacher pairs while a small conditional critic (:mod:`fm_edge.critic`), trained
+  in the same step on real MNIST, scores its digits; ``adv_weight`` x the critic's hinge term sharpens what
+  plain regression leaves blurred, and ``class_weight`` x its class head's cross-entropy keeps each digit in
+  its label's class. One step: digits from fresh noise. ``student_steps`` K > 1: the regression is ``pairs``
+  at the K grid times (the straight path, so K Euler steps land on the teacher's digit) and the critic scores
+  the digit estimated at each, x_t - t v.
 
 Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
 (seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
@@ -61,7 +61,7 @@ class DistillConfig:
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
     student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
-    init: str | None = None  # adversarial: the distilled student to start from
+    init: str | None = None  # adversarial: the net to start from (a distilled student; K > 1: or a teacher)
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
@@ -95,7 +95,7 @@ class DistillConfig:
             raise UsageError(f"--student-steps must be 1 or 2, got {self.student_steps}")
         if self.method == "adversarial":
             if self.init is None:
-                raise UsageError("--method adversarial starts from a one-step student: pass --init DIR")
+                raise UsageError("--method adversarial starts from an existing net: pass --init DIR")
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
@@ -507,11 +507,12 @@ class Regress(Pairs):
 
 
 class Adversarial(Pairs):
-    """An existing distilled student (``--init``) sharpened for ``student_steps`` Euler steps: regression on
-    the cached teacher pairs plus ``adv_weight`` x the hinge term of a conditional critic that learns, in the
-    same step, real MNIST from the student's digits. One step: the digits come from fresh noise. K steps:
-    each pair row sits at one of the K grid times on its straight path (reflow) and the critic scores the
-    digit the student estimates from there, x_t - t v, from the same forward pass as the regression."""
+    """An existing net (``--init``: a distilled student; for K > 1 steps also a guided teacher) sharpened for
+    ``student_steps`` Euler steps: regression on the cached teacher pairs plus ``adv_weight`` x the hinge term
+    of a conditional critic that learns, in the same step, real MNIST from the student's digits. One step:
+    the digits come from fresh noise. K steps: each pair row sits at one of the K grid times on its straight
+    path (reflow) and the critic scores the digit the student estimates from there, x_t - t v, from the same
+    forward pass as the regression."""
 
     betas = (0.5, 0.99)  # the usual GAN momentum: the critic's target moves every step
 
@@ -847,7 +848,7 @@ def add_arguments(p) -> None:
         help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
         "pairs (rectified-flow distillation on cached teacher samples), regress (a fresh time-free "
         "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student) or "
-        "adversarial (the distilled --init student keeps that regression plus a critic's term, trained on "
+        "adversarial (the --init net keeps that regression plus a critic's term, trained on "
         "real --data digits)",
     )
     p.add_argument(

@@ -1,6 +1,7 @@
 """Finish a shipped or stage folder: its history and measured quality in fm_edge.json, samples.png, the card.
 
-A distilled student names its teacher with ``--parent``; a net trained from data names its data there.
+A distilled student names its teacher with ``--parent`` (recorded as ``teacher``); a net trained from data names
+the model it started from, or its data, there (recorded as ``parent``).
 
     python scripts/ship_student.py fm_edge/checkpoints/compact-mnist-student --parent "compact-mnist (v1.1)" \\
         --cpu "Intel Xeon (AVX512-VNNI), 2 threads" --command "fm-edge distill ..." \\
@@ -27,9 +28,14 @@ from fm_edge.card import write_card  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
-    ap.add_argument("--parent", required=True, help="the teacher, as people should read it")
     ap.add_argument(
-        "--init", default=None, help="adversarial: the student it started from, as people should read it"
+        "--parent",
+        required=True,
+        help="the teacher of a distilled net, or the parent (init model or data) of a trained one, as people "
+        "should read it",
+    )
+    ap.add_argument(
+        "--init", default=None, help="adversarial: the net it started from, as people should read it"
     )
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--command", required=True, help="the command that trained it")
@@ -40,7 +46,7 @@ def main():
     for key in ("training", "distillation"):
         rec = fm.get(key)
         if rec:
-            rec["teacher"] = args.parent
+            rec["teacher" if "distillation" in fm else "parent"] = args.parent
             if args.init:
                 rec["init"] = args.init
             rec["cpu"] = args.cpu

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+EMA_COPY = re.compile(r"ema-(\d+)\.safetensors")
 
 
 def run_settings(run: Path) -> dict:
@@ -38,14 +40,30 @@ def run_settings(run: Path) -> dict:
     return record
 
 
-def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: Path) -> Path:
-    """A checkpoint folder: the config of ``teacher`` (the teacher, or the init of an adversarial run), these
-    weights, a distilled sampler of ``steps``."""
+def ema_copies(curve: Path) -> list[tuple[int, Path]]:
+    """The watcher's ``ema-<step>.safetensors`` copies in ``curve``, by step; a one-line exit when there are none."""
+    found = [
+        (int(m.group(1)), p) for p in curve.glob("ema-*.safetensors") if (m := EMA_COPY.fullmatch(p.name))
+    ]
+    if not found:
+        raise SystemExit(f"error: {curve} holds no ema-<step>.safetensors copies")
+    return sorted(found)
+
+
+def weights_folder(weights: dict, base: Path, out: Path) -> Path:
+    """A folder with ``base``'s config.json and these weights (the caller adds fm_edge.json)."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(teacher / "config.json", out / "config.json")
+    shutil.copy2(base / "config.json", out / "config.json")
     save_file({k: v.contiguous() for k, v in weights.items()}, out / "diffusion_pytorch_model.safetensors")
+    return out
+
+
+def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: Path) -> Path:
+    """A checkpoint folder: the config of ``teacher`` (the teacher, or the init of an adversarial run), these
+    weights, a distilled sampler of ``steps``."""
+    weights_folder(weights, teacher, out)
     fm = json.loads((teacher / "fm_edge.json").read_text())
     fm.pop("quality", None)
     ts = record["teacher_sampler"]
@@ -85,13 +103,15 @@ def score(folder: Path, steps: int, n: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         npz, rep = Path(tmp) / "s.npz", Path(tmp) / "r.json"
         common = ["--num-threads", str(threads)]
-        subprocess.run(
-            ["fm-edge", "sample", "--model", str(folder), "--backend", "torch", "--steps", str(steps),
-             "--num-samples", str(n), "-o", str(npz), *common],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        subprocess.run(["fm-edge", "evaluate", str(npz), "--json", str(rep), *common], check=True,
-                       capture_output=True)  # fmt: skip
+        for cmd in (
+            ["sample", "--model", str(folder), "--backend", "torch", "--steps", str(steps), "--num-samples", str(n),
+             "-o", str(npz), *common],
+            ["evaluate", str(npz), "--json", str(rep), *common],
+        ):  # fmt: skip
+            done = subprocess.run(["fm-edge", *cmd], capture_output=True, text=True)
+            if done.returncode:  # the CLI's own one-line error, not a CalledProcessError traceback
+                lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+                raise SystemExit(f"fm-edge {cmd[0]}: {lines[-1]}")
         return json.loads(rep.read_text())
 
 
@@ -156,8 +176,7 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
         base = args.teacher
     n_rounds = 1 if one_student else len(record["rounds"]) - 1
     rows = []
-    for path in sorted(curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
-        step = int(path.stem.split("-")[1])
+    for step, path in ema_copies(curve):
         r = min(n_rounds - 1, (step - 1) * n_rounds // settings["max_steps"])
         steps = record["student_steps"] if one_student else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
         with tempfile.TemporaryDirectory() as tmp:

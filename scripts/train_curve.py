@@ -24,11 +24,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def main(argv=None) -> int:
-    from safetensors.torch import save_file
-    from student_curve import plot, score
+    from student_curve import ema_copies, plot, score, weights_folder
 
     from fm_edge.checkpoint import named_ema_weights
-    from fm_edge.model import load
+    from fm_edge.errors import FmEdgeError
+    from fm_edge.model import load, read_fm_config, resolve
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the train run's folder (its model/ gives config and sampler)")
@@ -38,27 +38,30 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    base = args.run / "model"
-    fm = json.loads((base / "fm_edge.json").read_text())
-    batch = fm["training"]["batch_size"]
+    if args.n < 1 or min(args.steps) < 1 or args.threads < 1:
+        ap.error("-n, --steps and --threads must be at least 1")
+    try:
+        base = resolve(str(args.run / "model"))
+        fm = read_fm_config(base)
+        if "images_seen" not in fm.get("training", {}) or "sampler" not in fm:
+            raise FmEdgeError(f"{base / 'fm_edge.json'} has no training record or sampler")
+    except FmEdgeError as exc:
+        ap.error(f"{args.run} is not a finished train run: {exc}")
+    copies = ema_copies(args.curve)  # before anything is written
+    per_step = fm["training"]["images_seen"] / fm["training"]["steps"]  # batch x processes
     model = load(base, device="cpu")[0]
     rows = []
-    for path in sorted(args.curve.glob("ema-*.safetensors"), key=lambda p: int(p.stem.split("-")[1])):
-        step = int(path.stem.split("-")[1])
+    for step, path in copies:
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            for name in ("config.json", "fm_edge.json"):
-                shutil.copy2(base / name, folder / name)
-            weights = named_ema_weights(path, model)
-            save_file(
-                {k: v.contiguous() for k, v in weights.items()},
-                folder / "diffusion_pytorch_model.safetensors",
-            )
+            folder = weights_folder(named_ema_weights(path, model), base, Path(tmp))
+            shutil.copy2(base / "fm_edge.json", folder / "fm_edge.json")
             for k in args.steps:
                 rep = score(folder, k, args.n, args.threads)
-                row = {"label": f"{fm['preset']}, Euler {k} + CFG {fm['sampler']['cfg_scale']:g}", "step": step,
-                       "sampled_steps": k, "images_seen": step * batch, "fd": rep["fd"], "floor": rep["fd_floor"],
-                       "ratio": rep["fd"] / rep["fd_floor"], "label_accuracy": rep["label_accuracy"]}  # fmt: skip
+                sampler = fm["sampler"]
+                row = {"label": f"{fm['preset']}, {sampler['solver']} {k} + CFG {sampler['cfg_scale']:g}",
+                       "step": step, "sampled_steps": k, "images_seen": round(step * per_step), "fd": rep["fd"],
+                       "floor": rep["fd_floor"], "ratio": rep["fd"] / rep["fd_floor"],
+                       "label_accuracy": rep["label_accuracy"]}  # fmt: skip
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     out = {

@@ -244,16 +244,21 @@ def test_multi_step_student_from_a_unet_init(distilled_teacher, tiny_data, tmp_p
 
 
 def test_multi_step_student_from_its_guided_teacher(tiny_ckpt, tiny_data, tmp_path):
-    """--student-steps 2 may start from the guided teacher's own weights (reflow): the student samples in 2
-    steps without CFG, the teacher's scale folded in; one step from a guided init stays an error (below)."""
+    """--student-steps 2 may start from the guided teacher's own weights (reflow), with the critic on: the
+    student starts at the teacher's weights and samples in 2 steps without CFG, the teacher's scale folded in;
+    one step from a guided init stays an error (below)."""
     from fm_edge.artifacts import weights_hash
     from fm_edge.backends import torch_backend
-    from fm_edge.model import read_fm_config
+    from fm_edge.model import load, read_fm_config
 
-    folder = distill(acfg(tmp_path, tiny_ckpt, tiny_ckpt, tiny_data, student_steps=2, adv_weight=0.0, max_steps=2),
+    # a learning rate too small to move the weights: the student is where it started, with the critic's term on
+    folder = distill(acfg(tmp_path, tiny_ckpt, tiny_ckpt, tiny_data, student_steps=2, max_steps=2, lr=1e-12),
                      progress=False)  # fmt: skip
     fm = read_fm_config(folder)
     assert fm["distillation"]["init_sha256"] == weights_hash(tiny_ckpt)
+    teacher, student = load(tiny_ckpt)[0].state_dict(), load(folder)[0].state_dict()
+    assert teacher.keys() == student.keys()
+    assert all(torch.allclose(teacher[k], student[k], atol=1e-6) for k in teacher)
     assert fm["sampler"]["distilled_cfg_scale"] == read_fm_config(tiny_ckpt)["sampler"]["cfg_scale"]
     sampler = torch_backend(folder, num_threads=1).sampler
     assert sampler.steps == 2 and sampler.cfg_scale == 1.0
@@ -397,7 +402,7 @@ def test_adversarial_bad_settings_are_one_usage_error(kw, match, distilled_teach
 
 
 def test_adversarial_bad_files_write_nothing(distilled_teacher, tiny_ckpt, tiny_data, tmp_path):
-    with pytest.raises(UsageError, match="samples with classifier-free guidance"):  # not a student
+    with pytest.raises(UsageError, match="samples with classifier-free guidance.*--student-steps 2 or more"):
         distill(acfg(tmp_path / "out", distilled_teacher, tiny_ckpt, tiny_data), progress=False)
     one_step = distill(rcfg(tmp_path / "regress", distilled_teacher, max_steps=1), progress=False)
     with pytest.raises(UsageError, match="--student-steps 2: this one-step student .* runs exactly 1 step"):

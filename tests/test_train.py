@@ -451,3 +451,32 @@ def test_gpu_plan_sizes_the_run_from_the_probe_steady_rate(tmp_path):
     assert p["images_per_s"] == 50 * 512 / 2  # 12,800 images/s between checkpoints 100 and 150
     assert p["steps"] == 300 * 25 and p["checkpoint_every"] == 60 * 25 and p["epochs"] == 64.0
     assert mod.plan(tmp_path, 512, 1, 60000, 60, min_steps=200)["steps"] == 200
+
+
+def test_train_curve_refuses_bad_input_before_it_writes(tmp_path, tiny_ckpt, capsys):
+    """scripts/train_curve.py: a folder that is not a finished run, a curve folder without ema-<step> copies, or
+    -n 0 ends with a one-line error before any curve file is written."""
+    from conftest import load_script
+
+    from fm_edge.artifacts import FM_CONFIG
+
+    mod = load_script("train_curve")
+    name = "test-never-written"
+    written = mod.ROOT / "docs" / "results" / f"{name}_curve.json"
+    run, curve = tmp_path / "run", tmp_path / "curve"
+    curve.mkdir()
+    (curve / "ema-final.safetensors").write_bytes(b"")  # not an ema-<step> copy
+    shutil.copytree(tiny_ckpt, run / "model")
+    args = [str(run), "--curve", str(curve), "--name", name]
+    with pytest.raises(SystemExit):
+        mod.main(args)
+    assert "not a finished train run" in capsys.readouterr().err  # the tiny checkpoint has no training record
+    fm = json.loads((run / "model" / FM_CONFIG).read_text())
+    fm["training"] = {"steps": 10, "images_seen": 40}
+    (run / "model" / FM_CONFIG).write_text(json.dumps(fm))
+    with pytest.raises(SystemExit, match="holds no ema-<step>.safetensors copies"):
+        mod.main(args)
+    with pytest.raises(SystemExit):
+        mod.main([*args, "-n", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
+    assert not written.exists()
