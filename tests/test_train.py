@@ -479,4 +479,7 @@ def test_train_curve_refuses_bad_input_before_it_writes(tmp_path, tiny_ckpt, cap
     with pytest.raises(SystemExit):
         mod.main([*args, "-n", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mod.main([str(run), str(run), *args[1:]])
+    assert "--curve needs one folder per run" in capsys.readouterr().err
     assert not written.exists()
