@@ -25,6 +25,9 @@ is baked into the weights, so the student samples with ``cfg_scale`` 1 (no doubl
   its label's class. One step: digits from fresh noise. ``student_steps`` K > 1: the regression is ``pairs``
   at the K grid times (the straight path, so K Euler steps land on the teacher's digit) and the critic scores
   the digit estimated at each, x_t - t v.
+- ``meanflow`` (:mod:`fm_edge.meanflow`): a '-t' flow teacher's own net, given a step-length input with zero
+  weights, learns the average velocity of the teacher's guided flow over steps of any length, on real digits;
+  one run learns every step length, and its folder runs ``student_steps`` K Euler steps of length 1/K.
 
 Like :mod:`fm_edge.train`, each step's randomness is seeded from (seed, step) and the pair order from
 (seed, epoch), and checkpoints are written atomically with the same helpers, so ``--resume latest`` after a
@@ -47,7 +50,7 @@ from fm_edge.errors import FmEdgeError, UsageError
 from fm_edge.sampler_spec import SamplerSpec
 
 TEACHER_SOLVERS = ("euler", "heun")
-ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial and regress methods' student grids
+ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial, regress and meanflow methods' student grids
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
@@ -67,6 +70,7 @@ class DistillConfig:
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
     critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
     critic_lr: float | None = None  # adversarial: the critic's learning rate (None: --lr)
+    mean_share: float = 0.5  # meanflow: share of rows with a step r < t (the rest learn the velocity, r = t)
     rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
@@ -88,7 +92,7 @@ class DistillConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.method in ("adversarial", "regress"):
+        if self.method in ("adversarial", "regress", "meanflow"):
             if self.student_steps not in ADVERSARIAL_STEPS:
                 raise UsageError(f"--student-steps must be 1, 2, 4 or 8, got {self.student_steps}")
         elif self.student_steps not in (1, 2):
@@ -99,6 +103,8 @@ class DistillConfig:
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+        if not 0 <= self.mean_share <= 1:
+            raise UsageError(f"--mean-share must be in [0, 1], got {self.mean_share}")
         if not 0 <= self.rollout <= 1:
             raise UsageError(f"--rollout must be in [0, 1], got {self.rollout}")
         if self.rollout and (self.method not in ("adversarial", "regress") or self.student_steps == 1):
@@ -459,6 +465,9 @@ class Method:
         """Extra figures for the progress bar."""
         return {}
 
+    def finish(self, model) -> None:
+        """Set what the written student's config needs (before its folder is written)."""
+
 
 class Pairs(Method):
     """Rectified-flow distillation: the straight path between noise and the teacher's cached sample."""
@@ -683,8 +692,68 @@ class Progressive(Method):
         return progressive_loss(self.model, self.prev, self.grid, x1, y), b
 
 
+class MeanFlow(Method):
+    """A mean-flow student (:mod:`fm_edge.meanflow`) of a '-t' flow teacher: the teacher's net given a zero-weight
+    step-length plane learns the average velocity of the teacher's guided flow on real --data digits, so one
+    run serves 1, 2, 4 or 8 steps; its folder runs ``student_steps`` Euler steps of length 1/K."""
+
+    def check(self) -> None:
+        from fm_edge.data import load_split
+        from fm_edge.model import model_config
+
+        cfg = model_config(self.teacher)
+        if not cfg.get("time_input") or cfg.get("step_input"):
+            raise UsageError(
+                f"--method meanflow needs a '-t' OneStepNet flow teacher (fm-edge train --preset "
+                f"s2-48-96-128-digit-t), and {str(self.teacher)!r} is not one"
+            )
+        self.images, self.labels = load_split(self.cfg.data, "train")
+
+    def prepare(self, record: dict, progress: bool) -> None:
+        import torch
+
+        from fm_edge.data import HUB_ID, model_space
+        from fm_edge.flow import t_floor_for
+        from fm_edge.loop import EpochOrder
+        from fm_edge.model import load, velocity_fn
+        from fm_edge.solvers import guided
+
+        tmodel, _ = load(self.teacher, device=self.device)
+        self.teacher_v = guided(velocity_fn(tmodel), self.s.cfg_scale)
+        self.t_floor = t_floor_for(tmodel)
+        self.real = torch.from_numpy(model_space(self.images)).to(self.device)
+        self.real_y = torch.from_numpy(self.labels).to(self.device)
+        self.order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed)
+        record.update(data=self.cfg.data or HUB_ID, mean_share=self.cfg.mean_share)
+
+    def student(self):
+        from fm_edge.model import load
+        from fm_edge.student_net import with_step_input
+
+        model, _ = load(self.teacher, device=self.device)
+        return with_step_input(model)
+
+    def loss(self, step: int, gen) -> tuple:
+        from fm_edge.meanflow import meanflow_loss
+
+        idx = self.order.batch(step, self.cfg.batch_size)
+        x0, y = self.real[idx], self.real_y[idx]
+        return meanflow_loss(self.model, self.teacher_v, x0, y, gen, self.cfg.mean_share, self.t_floor), len(
+            idx
+        )
+
+    def finish(self, model) -> None:
+        model.register_to_config(default_step=1.0 / self.cfg.student_steps)
+
+
 #: method name -> its unit (the --method choices, in order)
-METHODS = {"progressive": Progressive, "pairs": Pairs, "regress": Regress, "adversarial": Adversarial}
+METHODS = {
+    "progressive": Progressive,
+    "pairs": Pairs,
+    "regress": Regress,
+    "adversarial": Adversarial,
+    "meanflow": MeanFlow,
+}
 #: the methods that only read the teacher's cached samples: the teacher may be a distilled student
 PAIR_ONLY = ("regress", "adversarial")
 
@@ -707,6 +776,7 @@ def _write_student(
         seconds=round(state["train_seconds"], 1), final_loss_ema=state.get("loss_ema"),
     )  # fmt: skip
     config = fm_config(method.preset(fm), sampler=sampler, distillation=record, training=record)
+    method.finish(model)
     return save_inference_folder(out, model, ema, config)
 
 
@@ -849,7 +919,8 @@ def add_arguments(p) -> None:
         "pairs (rectified-flow distillation on cached teacher samples), regress (a fresh time-free "
         "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student) or "
         "adversarial (the --init net keeps that regression plus a critic's term, trained on "
-        "real --data digits)",
+        "real --data digits) or meanflow (a '-t' flow teacher given a step-length input learns the average "
+        "velocity of its guided flow on real --data digits: one run for any step count)",
     )
     p.add_argument(
         "--init",
@@ -861,7 +932,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="adversarial: local MNIST folder in the hub layout (default: hub ylecun/mnist)",
+        help="adversarial and meanflow: local MNIST folder in the hub layout (default: hub ylecun/mnist)",
     )
     p.add_argument(
         "--adv-weight", type=float, default=DistillConfig.adv_weight,
@@ -880,6 +951,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--critic-lr", type=float, default=DistillConfig.critic_lr,
         help="adversarial: the critic's learning rate, constant (default: --lr)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mean-share", type=float, default=DistillConfig.mean_share,
+        help="meanflow: share of rows that learn a step of random length; the rest (step 0) learn the velocity",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,
@@ -901,7 +976,8 @@ def add_arguments(p) -> None:
         "--student-steps",
         type=int,
         default=1,
-        help="Euler steps of the student: 1 or 2 (adversarial, and regress with a '-t' arch: 1, 2, 4 or 8)",
+        help="Euler steps of the student: 1 or 2 (adversarial, meanflow, and regress with a '-t' arch: 1, 2, "
+        "4 or 8)",
     )
     p.add_argument("--pairs", type=int, default=4096, help="pairs: teacher samples to generate and cache")
     p.add_argument(

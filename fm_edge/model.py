@@ -186,9 +186,16 @@ def is_one_step(folder: str | os.PathLike | None) -> bool:
 
 
 def check_steps_for(folder: str | os.PathLike | None, steps: int, flag: str = "--steps") -> None:
-    """:func:`check_one_step` when ``folder`` is a OneStepNet checkpoint folder; nothing otherwise."""
+    """:func:`check_one_step` when ``folder`` is a OneStepNet checkpoint folder; a mean-flow student (steps of
+    its ``default_step`` = 1/K) runs exactly K steps; nothing otherwise."""
     if is_one_step(folder):
         check_one_step(steps, flag)
+    step = model_config(folder).get("default_step") if is_student_net(folder) else None
+    if step and steps != round(1 / step):
+        raise UsageError(
+            f"{flag} {steps}: this mean-flow student takes steps of length {step:g} and runs exactly "
+            f"{round(1 / step)} (distill it with --student-steps {steps} for {steps})"
+        )
 
 
 def model_class(folder: str | os.PathLike):

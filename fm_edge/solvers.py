@@ -84,7 +84,8 @@ def guided(velocity: Callable, cfg_scale: float, null_label: int = 10) -> Callab
 
     def v(x, t, labels):
         null = labels * 0 + null_label
-        both = velocity(_cat(x, x), t, _cat(labels, null))
+        tt = t if isinstance(t, numbers.Real) else _cat(t, t)  # one time per row (training) is doubled too
+        both = velocity(_cat(x, x), tt, _cat(labels, null))
         vc, vu = both[: len(x)], both[len(x) :]
         out = vu + cfg_scale * (vc - vu)
         # An unconditional request (label 10) has nothing to guide: its v_c equals v_u already.

@@ -18,6 +18,13 @@ plane holding t, concatenated to the noise, so its graph stays the one-step grap
 With ``prediction="digit"`` it draws the digit from x_t and the velocity is (x_t - digit) / t, so an Euler
 step from t lands on the straight line from x_t to that digit, and the last step lands on the digit itself.
 
+A mean-flow net (``step_input=True``, on a ``-t`` net) gets the step length h = t - r as one more plane and
+gives the average velocity over [r, t], so one Euler step of length h goes from t to r along the flow (Geng et
+al. 2025's MeanFlow); at h = 0, the default, that is the instantaneous velocity, so every sampler, export and
+pipeline that passes only t uses it as the flow net it starts from. A distilled mean-flow student stores the
+step length of its Euler grid as ``default_step`` (1/K for K steps), so every sampler that passes only t runs
+its K-step mean flow.
+
 ``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (a time-free net accepts the timestep and
 ignores it), so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
 """
@@ -99,8 +106,14 @@ class OneStepNet(ModelMixin, ConfigMixin):
         up_layers_per_block: int | tuple[int, ...] = 1,
         prediction: str = "velocity",
         time_input: bool = False,
+        step_input: bool = False,
+        default_step: float = 0.0,
     ):
         super().__init__()
+        if step_input and not time_input:
+            raise UsageError("step_input (the mean-flow step length) needs time_input: use a '-t' size")
+        if not 0 <= default_step <= 1:
+            raise UsageError(f"default_step must be in [0, 1], got {default_step}")
         chans = tuple(block_out_channels)
         levels = len(chans)
         if levels < 1 or any(not isinstance(c, int) or c < 1 for c in chans):
@@ -120,7 +133,7 @@ class OneStepNet(ModelMixin, ConfigMixin):
         down = _per_level(layers_per_block, levels, "layers_per_block")
         up = _per_level(up_layers_per_block, levels - 1, "up_layers_per_block") if levels > 1 else ()
         self.label_embedding = nn.Embedding(num_class_embeds, label_channels)
-        stem_in = in_channels + label_channels + int(bool(time_input))
+        stem_in = in_channels + label_channels + int(bool(time_input)) + int(bool(step_input))
         if patch_size == 1:
             self.stem = nn.Conv2d(stem_in, chans[0], 3, padding=1)
         else:
@@ -139,9 +152,11 @@ class OneStepNet(ModelMixin, ConfigMixin):
         )
         self.conv_out = nn.Conv2d(chans[0], out_channels * patch_size**2, 3, padding=1)
 
-    def forward(self, sample, timestep=None, class_labels=None, return_dict: bool = True):
+    def forward(self, sample, timestep=None, class_labels=None, return_dict: bool = True, step_size=None):
         """Velocity for ``sample`` [B, C, H, W] at ``timestep`` (t x T_SCALE, [B] or a number); a time-free net
-        ignores ``timestep`` and gives its velocity at t=1."""
+        ignores ``timestep`` and gives its velocity at t=1. A mean-flow net gives the average velocity over the
+        step of length ``step_size`` (h in t units, [B] or a number; None: its ``default_step``) that ends at
+        t - h."""
         b, _, h, w = sample.shape
         if class_labels is None:
             class_labels = torch.full((b,), NULL_LABEL, dtype=torch.long, device=sample.device)
@@ -154,6 +169,10 @@ class OneStepNet(ModelMixin, ConfigMixin):
             t = torch.as_tensor(timestep, dtype=sample.dtype, device=sample.device).reshape(-1) / T_SCALE
             t = t.expand(b)[:, None, None, None]
             inputs.append(t.expand(b, 1, h, w))
+        if self.config.step_input:
+            step_size = self.config.default_step if step_size is None else step_size
+            step = torch.as_tensor(step_size, dtype=sample.dtype, device=sample.device)
+            inputs.append(step.reshape(-1).expand(b)[:, None, None, None].expand(b, 1, h, w))
         x = F.relu(self.stem(torch.cat(inputs, dim=1)))
         skips = []
         for i, blocks in enumerate(self.down_blocks):
@@ -181,16 +200,30 @@ def build(arch: str, **overrides) -> OneStepNet:
     return OneStepNet(**{**ARCHS[arch], **overrides})
 
 
-def with_time_input(model: OneStepNet) -> OneStepNet:
-    """The '-t' copy of a time-free digit net: its stem gets the t plane with zero weights, so at t = 1 the copy
-    is ``model`` exactly (velocity x - digit) and a few-step student starts from the one-step one."""
+def _with_new_plane(model: OneStepNet, **change) -> OneStepNet:
+    """A copy of ``model`` with ``change`` in its config and one more input plane, last, with zero stem weights:
+    the copy gives exactly ``model``'s output whatever that plane holds."""
     import torch
 
-    if model.config.time_input or model.config.prediction != "digit":
-        raise UsageError("only a time-free '-digit' OneStepNet gets a t plane added (its '-t' size)")
-    new = OneStepNet.from_config(model.config, time_input=True)
+    new = OneStepNet.from_config(model.config, **change)
     state = model.state_dict()
-    w = state["stem.weight"]  # [out, in, k, k]; the t plane is the last input channel
+    w = state["stem.weight"]  # [out, in, k, k]
     state["stem.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 1, *w.shape[2:])], dim=1)
     new.load_state_dict(state)
     return new.to(next(model.parameters()).device)
+
+
+def with_time_input(model: OneStepNet) -> OneStepNet:
+    """The '-t' copy of a time-free digit net: its stem gets the t plane with zero weights, so at t = 1 the copy
+    is ``model`` exactly (velocity x - digit) and a few-step student starts from the one-step one."""
+    if model.config.time_input or model.config.prediction != "digit":
+        raise UsageError("only a time-free '-digit' OneStepNet gets a t plane added (its '-t' size)")
+    return _with_new_plane(model, time_input=True)
+
+
+def with_step_input(model: OneStepNet) -> OneStepNet:
+    """The mean-flow copy of a '-t' flow net: its stem gets the step-length plane with zero weights, so at every
+    step length the copy starts as ``model``'s instantaneous velocity."""
+    if not model.config.time_input or model.config.step_input:
+        raise UsageError("only a '-t' OneStepNet without a step input gets a step-length plane added")
+    return _with_new_plane(model, step_input=True)

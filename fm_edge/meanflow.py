@@ -1,0 +1,56 @@
+"""The mean-flow objective: a net that learns the average velocity over a step, so one network evaluation
+covers a step of any length (Geng et al. 2025, "Mean Flows for One-step Generative Modeling").
+
+The average velocity u(z, r, t) over [r, t] of a flow with velocity v obeys u = v - (t - r) du/dt, where
+du/dt = v . grad_z u + d_t u is the total derivative along the flow with r held fixed. The student takes
+(z, t, h = t - r) (``OneStepNet`` with ``step_input``), so along the flow the tangent of its inputs is
+(v, 1, 1), and one forward-mode pass (``torch.func.jvp``) gives u and du/dt together. The loss regresses u
+onto the stop-gradient target v - h du/dt.
+
+The flow learned here is a teacher's guided velocity field, v = v_null + w (v_label - v_null) from a frozen
+flow net at the points z_t = (1 - t) x0 + t x1 of real digits x0 and noise x1, so the student folds the
+guidance in, as the other distilled students do. A share ``1 - mean_share`` of the rows has h = 0, where the
+target is the teacher's velocity itself.
+"""
+
+from __future__ import annotations
+
+from fm_edge.convention import T_SCALE
+from fm_edge.flow import interpolate
+
+
+def mean_velocity_target(student, z, t, h, v, labels):
+    """The student's average velocity u at (z, t, h) and its target v - h du/dt (no gradient)."""
+    import torch
+
+    def u_of(z_, t_, h_):
+        return student(z_, t_ * T_SCALE, class_labels=labels, step_size=h_).sample
+
+    u, dudt = torch.func.jvp(u_of, (z, t, h), (v, torch.ones_like(t), torch.ones_like(h)))
+    return u, (v - h.view(-1, 1, 1, 1) * dudt).detach()
+
+
+def meanflow_loss(student, teacher_v, x0, labels, generator, mean_share: float, t_floor: float | None):
+    """Mean squared error of the student's average velocity against its mean-flow target, on a batch of real
+    digits ``x0`` [B, 1, 32, 32] with their ``labels``; ``teacher_v(x, t, labels)`` is the guided teacher.
+
+    t is uniform on (0, 1); a share ``mean_share`` of rows gets r uniform on (0, t), the rest r = t. All
+    randomness comes from ``generator`` (on the CPU), so a resumed run repeats it. ``t_floor`` (a digit-drawing
+    student, :data:`fm_edge.flow.DIGIT_T_FLOOR`) scales the error below it by t / t_floor, as the flow loss does.
+    """
+    import torch
+
+    b = x0.shape[0]
+    x1 = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.rand(b, generator=generator).to(x0.device)
+    r = t * torch.rand(b, generator=generator).to(x0.device)
+    mean = (torch.rand(b, generator=generator) < mean_share).to(x0.device)
+    h = torch.where(mean, t - r, torch.zeros_like(t))
+    z = interpolate(x0, x1, t)
+    with torch.no_grad():
+        v = teacher_v(z, t, labels)
+    u, target = mean_velocity_target(student, z, t, h, v, labels)
+    err = u.float() - target.float()
+    if t_floor is not None:
+        err = err * (t / t.clamp(min=t_floor)).view(-1, 1, 1, 1)
+    return err.square().mean()

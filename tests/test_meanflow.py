@@ -1,0 +1,169 @@
+"""The mean-flow student: the step-length plane, the loss's target, and ``fm-edge distill --method meanflow``."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fm_edge.distill import DistillConfig, distill
+from fm_edge.errors import UsageError
+from fm_edge.student_net import build, with_step_input
+
+
+def randomized(net, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # zero-initialised convs would make every check trivially pass
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return net
+
+
+@pytest.fixture(scope="module")
+def flow_teacher(tmp_path_factory):
+    """A tiny '-t' flow net folder with a guided sampler, like one ``fm-edge train --preset ...-digit-t`` writes."""
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.model import fm_config
+
+    folder = tmp_path_factory.mktemp("flow_teacher")
+    torch.manual_seed(0)
+    randomized(build("tiny-digit-t")).save_pretrained(folder, safe_serialization=True)
+    cfg = fm_config("tiny-digit-t", sampler={"solver": "euler", "steps": 4, "cfg_scale": 1.5, "shift": 1.0})
+    (folder / FM_CONFIG).write_text(json.dumps(cfg))
+    return folder
+
+
+def mcfg(out, teacher, data, **kw):
+    base = dict(
+        teacher=str(teacher), output_dir=str(out), method="meanflow", data=data, student_steps=2, batch_size=8,
+        max_steps=4, checkpoint_every=2, keep_checkpoints=5, num_threads=1, device="cpu", mean_share=0.5,
+    )  # fmt: skip
+    return DistillConfig(**{**base, **kw})
+
+
+def test_step_plane_starts_as_the_flow_net_and_then_changes_it():
+    flow = randomized(build("tiny-digit-t"))
+    mean = with_step_input(flow)
+    assert mean.config.step_input and mean.config.default_step == 0.0
+    x, t, y = torch.randn(3, 1, 32, 32), torch.tensor([900.0, 500.0, 200.0]), torch.tensor([1, 2, 10])
+    with torch.no_grad():
+        for h in (None, 0.0, 0.5, torch.tensor([0.9, 0.5, 0.1])):  # zero weights: the step length is ignored
+            torch.testing.assert_close(mean(x, t, y, step_size=h).sample, flow(x, t, y).sample)
+        mean.stem.weight[:, -1].fill_(1.0)  # the step plane is the stem's last input channel
+        assert not torch.allclose(mean(x, t, y, step_size=0.5).sample, mean(x, t, y).sample)
+        mean.register_to_config(default_step=0.5)  # what a distilled 2-step student stores
+        torch.testing.assert_close(mean(x, t, y).sample, mean(x, t, y, step_size=0.5).sample)
+    with pytest.raises(UsageError, match="needs time_input"):
+        build("tiny-digit", step_input=True)
+    with pytest.raises(UsageError, match="default_step must be in"):
+        build("tiny-digit-t", step_input=True, default_step=1.5)
+    for bad in (build("tiny-digit"), mean):  # no t plane; already has a step plane
+        with pytest.raises(UsageError, match="gets a step-length plane"):
+            with_step_input(bad)
+
+
+def test_target_is_the_velocity_minus_h_times_the_derivative_along_the_flow():
+    """u = v - h du/dt with du/dt = v . grad_z u + d_t u (h = t - r grows with t): the forward-mode derivative
+    matches central differences along that direction, and at h = 0 the target is v itself."""
+    from fm_edge.meanflow import mean_velocity_target
+
+    torch.manual_seed(0)
+    net = randomized(with_step_input(randomized(build("tiny-digit-t")))).double()
+    z, v = torch.randn(3, 1, 32, 32, dtype=torch.float64), torch.randn(3, 1, 32, 32, dtype=torch.float64)
+    t, h, y = torch.tensor([0.9, 0.6, 0.4], dtype=torch.float64), torch.tensor([0.5, 0.3, 0.0], dtype=torch.float64), torch.tensor([3, 7, 10])  # fmt: skip
+    u, target = mean_velocity_target(net, z, t, h, v, y)
+    eps = 1e-5
+    with torch.no_grad():
+        f = lambda d: net(z + d * v, (t + d) * 1000, class_labels=y, step_size=h + d).sample  # noqa: E731
+        dudt = (f(eps) - f(-eps)) / (2 * eps)
+        torch.testing.assert_close(u, net(z, t * 1000, class_labels=y, step_size=h).sample)
+    torch.testing.assert_close(target, v - h.view(-1, 1, 1, 1) * dudt, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(target[2], v[2])
+    assert not target.requires_grad and u.requires_grad
+
+
+def test_meanflow_loss_is_zero_for_the_teacher_itself_at_step_zero():
+    """Unguided and with every row at r = t, the target is the teacher's velocity: its own copy scores 0. With
+    steps of random length the loss is positive and reaches every weight, the step plane's included."""
+    from fm_edge.flow import DIGIT_T_FLOOR
+    from fm_edge.meanflow import meanflow_loss
+    from fm_edge.model import velocity_fn
+
+    teacher = randomized(build("tiny-digit-t")).eval()
+    student = with_step_input(teacher)
+    x0, y = torch.rand(6, 1, 32, 32) * 2 - 1, torch.arange(6)
+    for share, zero in ((0.0, True), (1.0, False)):
+        student.zero_grad()
+        gen = torch.Generator().manual_seed(1)
+        loss = meanflow_loss(student, velocity_fn(teacher), x0, y, gen, share, DIGIT_T_FLOOR)
+        assert (loss.item() < 1e-10) == zero
+        loss.backward()
+        if not zero:
+            assert student.stem.weight.grad[:, -1].abs().sum() > 0
+
+
+def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_teacher, tiny_data, tmp_path):
+    from fm_edge.backends import generate, torch_backend
+    from fm_edge.cli import main
+    from fm_edge.model import check_steps_for, load
+    from fm_edge.runtime import OnnxSampler
+    from fm_edge.sampler_spec import SamplerSpec
+
+    folder = distill(mcfg(tmp_path / "run", flow_teacher, tiny_data), progress=False)
+    model, fm = load(folder)
+    assert model.config.step_input and model.config.default_step == 0.5
+    assert fm["sampler"]["steps"] == 2 and fm["sampler"]["guidance"] == "distilled"
+    assert fm["sampler"]["distilled_cfg_scale"] == 1.5 and fm["distillation"]["method"] == "meanflow"
+    assert fm["distillation"]["mean_share"] == 0.5 and fm["distillation"]["data"] == tiny_data
+    with pytest.raises(UsageError, match="runs exactly 2"):
+        check_steps_for(folder, 4)
+    labels = np.arange(4)
+    noise = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    digits = generate(torch_backend(folder, num_threads=1), labels, SamplerSpec("euler", 2, 1.0), noise=noise)
+    out = tmp_path / "onnx"
+    assert main(["export", "--model", str(folder), "-o", str(out)]) == 0
+    onnx_digits = OnnxSampler(out / "sampler.onnx", num_threads=1)(noise, labels)
+    assert int(np.abs(onnx_digits.astype(int) - digits.astype(int)).max()) <= 1  # the step length is baked in
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(mean_share=1.5), "--mean-share must be in \\[0, 1\\]"),
+        (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
+        (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
+        (dict(data="NODATA"), "holds no MNIST 'train' split"),
+    ],
+)
+def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny_ckpt, tiny_data, tmp_path):
+    kw = dict(kw)
+    teacher = tiny_ckpt if kw.pop("teacher", None) == "UNET" else flow_teacher  # a UNet teacher
+    data = str(tmp_path) if kw.pop("data", None) == "NODATA" else tiny_data  # a folder with no MNIST
+    with pytest.raises(UsageError, match=match):
+        distill(mcfg(tmp_path / "out", teacher, data, **kw), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_meanflow_sigkill_then_resume_gives_the_uninterrupted_run(flow_teacher, tiny_data, tmp_path):
+    from conftest import sigkill_at_marker
+    from test_distill import KILLABLE, _assert_same_run
+
+    straight = distill(mcfg(tmp_path / "straight", flow_teacher, tiny_data), progress=False)
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    argv = ["distill", "--method", "meanflow", "--teacher", str(flow_teacher), "--data", tiny_data,
+            "--student-steps", "2", "--batch-size", "8", "--max-steps", "4", "--checkpoint-every", "2",
+            "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
+    killable = KILLABLE.replace("fm_edge.distill as d", "fm_edge.meanflow as d").replace(
+        "pairs_loss", "meanflow_loss"
+    )
+    sigkill_at_marker(
+        [sys.executable, "-c", killable, str(marker), "3", *argv], marker, "step 3", timeout=600
+    )
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (run / "model").exists()
+    r = subprocess.run([sys.executable, "-m", "fm_edge.cli", *argv, "--resume", "latest"],
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_same_run(straight.parent, run, 4)
