@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from fm_edge.artifacts import FM_CONFIG
 from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, PAD, T_SCALE, check_labels, decode_uint8
 from fm_edge.errors import UsageError
-from fm_edge.model import check_one_step, model_class, read_fm_config
+from fm_edge.model import check_net_steps, model_class, read_fm_config
 from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg, check_solver, time_grid
 
@@ -223,8 +223,8 @@ class FmEdgePipeline(DiffusionPipeline):
             check_solver("euler", steps)
         except UsageError as exc:
             raise UsageError(f"num_inference_steps: {exc}") from None
-        if getattr(self.unet, "one_step_only", False):
-            check_one_step(steps, "num_inference_steps")
+        if type(self.unet).__name__ == "OneStepNet":
+            check_net_steps(self.unet.config, steps, "num_inference_steps")
         scale, guided = _guidance_scale(guidance_scale, sampler)
         labels = _labels(class_labels)
         if output_type not in OUTPUT_TYPES:

@@ -162,11 +162,18 @@ def class_name(folder: str | os.PathLike) -> str:
     return str(model_config(folder).get("_class_name", "UNet2DModel"))
 
 
-def check_one_step(steps: int, flag: str = "--steps") -> None:
-    """A OneStepNet student has no time input: it runs exactly one Euler step from t=1."""
-    if steps != 1:
+def check_net_steps(config, steps: int, flag: str = "--steps") -> None:
+    """The step counts a OneStepNet (its config) runs: a time-free one exactly 1 step from t=1; a mean-flow
+    student (steps of its ``default_step`` = 1/K) exactly K; a '-t' flow net any."""
+    if not config.get("time_input") and steps != 1:
         raise UsageError(
             f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
+        )
+    step = config.get("default_step")
+    if step and steps != round(1 / step):
+        raise UsageError(
+            f"{flag} {steps}: this mean-flow student takes steps of length {step:g} and runs exactly "
+            f"{round(1 / step)} (distill it with --student-steps {steps} for {steps})"
         )
 
 
@@ -186,16 +193,9 @@ def is_one_step(folder: str | os.PathLike | None) -> bool:
 
 
 def check_steps_for(folder: str | os.PathLike | None, steps: int, flag: str = "--steps") -> None:
-    """:func:`check_one_step` when ``folder`` is a OneStepNet checkpoint folder; a mean-flow student (steps of
-    its ``default_step`` = 1/K) runs exactly K steps; nothing otherwise."""
-    if is_one_step(folder):
-        check_one_step(steps, flag)
-    step = model_config(folder).get("default_step") if is_student_net(folder) else None
-    if step and steps != round(1 / step):
-        raise UsageError(
-            f"{flag} {steps}: this mean-flow student takes steps of length {step:g} and runs exactly "
-            f"{round(1 / step)} (distill it with --student-steps {steps} for {steps})"
-        )
+    """:func:`check_net_steps` when ``folder`` is a OneStepNet checkpoint folder; nothing otherwise."""
+    if is_student_net(folder):
+        check_net_steps(model_config(folder), steps, flag)
 
 
 def model_class(folder: str | os.PathLike):

@@ -119,6 +119,10 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert fm["distillation"]["mean_share"] == 0.5 and fm["distillation"]["data"] == tiny_data
     with pytest.raises(UsageError, match="runs exactly 2"):
         check_steps_for(folder, 4)
+    from fm_edge.diffusers_pipeline import FmEdgePipeline
+
+    with pytest.raises(UsageError, match="num_inference_steps 4: this mean-flow student .* runs exactly 2"):
+        FmEdgePipeline.from_pretrained(folder)(class_labels=[1], num_inference_steps=4)
     labels = np.arange(4)
     noise = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
     digits = generate(torch_backend(folder, num_threads=1), labels, SamplerSpec("euler", 2, 1.0), noise=noise)
