@@ -35,6 +35,18 @@ def _what(folder: Path, config: dict) -> tuple[str, str]:
             "UNet",
             "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
         )
+    if cfg.get("step_input"):
+        k = round(1 / cfg["default_step"]) if cfg.get("default_step") else None
+        runs = (
+            f"runs {k} Euler step{'s' if k != 1 else ''} of length 1/{k}"
+            if k
+            else "takes steps of any length"
+        )
+        return "OneStepNet", (
+            "A class-conditional mean-flow `OneStepNet` with t and the step length as input planes "
+            "(fm_edge.student_net: a norm-free conv-ReLU net built for int8) that gives the average velocity over "
+            f"a step, so it {runs}, distilled from a flow teacher's guided flow (fm_edge.meanflow)."
+        )
     if cfg.get("time_input"):
         distilled = "distillation" in config
         how = "distilled from a teacher sampler" if distilled else "trained by flow matching from data"

@@ -117,6 +117,7 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert fm["sampler"]["steps"] == 2 and fm["sampler"]["guidance"] == "distilled"
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5 and fm["distillation"]["method"] == "meanflow"
     assert fm["distillation"]["mean_share"] == 0.5 and fm["distillation"]["data"] == tiny_data
+    assert "mean-flow `OneStepNet`" in (folder / "README.md").read_text()
     with pytest.raises(UsageError, match="runs exactly 2"):
         check_steps_for(folder, 4)
     from fm_edge.diffusers_pipeline import FmEdgePipeline
