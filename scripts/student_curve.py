@@ -13,6 +13,9 @@ belongs to (8 -> 4 -> 2 -> 1 Euler steps), samples ``-n`` digits with that stude
 ``fm-edge sample``, scores them with ``fm-edge evaluate``, and writes the curve (FD / real-data floor against
 images seen) to docs/results/student_curve.json and docs/student_curve.png.
 
+A ``meanflow`` run's student is scored at each ``--steps`` k as a k-step mean flow (its step length set to
+1/k), so one run gives a curve per step count.
+
 ``--export-round R`` instead writes the student frozen at the start of round R (``rounds/round-R``) as a
 checkpoint folder, e.g. round 1 = the 4-step student of an 8-step teacher.
 """
@@ -60,10 +63,15 @@ def weights_folder(weights: dict, base: Path, out: Path) -> Path:
     return out
 
 
-def student_folder(weights: dict, teacher: Path, steps: int, record: dict, out: Path) -> Path:
+def student_folder(
+    weights: dict, teacher: Path, steps: int, record: dict, out: Path, default_step: float | None = None
+) -> Path:
     """A checkpoint folder: the config of ``teacher`` (the teacher, or the init of an adversarial run), these
-    weights, a distilled sampler of ``steps``."""
+    weights, a distilled sampler of ``steps``; ``default_step`` re-targets a mean-flow student's step length."""
     weights_folder(weights, teacher, out)
+    if default_step is not None:
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "default_step": default_step}))
     fm = json.loads((teacher / "fm_edge.json").read_text())
     fm.pop("quality", None)
     ts = record["teacher_sampler"]
@@ -87,6 +95,17 @@ def fresh_student(arch: str, out: Path) -> Path:
 
     build(arch).save_pretrained(out, safe_serialization=True)
     (out / "fm_edge.json").write_text(json.dumps(fm_config(arch)))
+    return out
+
+
+def mean_flow_student(teacher: Path, out: Path) -> Path:
+    """A checkpoint folder of ``teacher``'s net with the mean-flow step plane: the config a meanflow run's EMA
+    copies need."""
+    from fm_edge.model import load
+    from fm_edge.student_net import with_step_input
+
+    with_step_input(load(teacher, device="cpu")[0]).save_pretrained(out, safe_serialization=True)
+    shutil.copy2(teacher / "fm_edge.json", out / "fm_edge.json")
     return out
 
 
@@ -160,10 +179,12 @@ def curve_rows(run: Path, curve: Path, args) -> list[dict]:
 def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     record = run_settings(run)
     settings = record["settings"]
-    adversarial = record["method"] == "adversarial"
-    one_student = record["method"] in ("adversarial", "regress")  # one student all run long, no rounds
+    adversarial, meanflow = record["method"] == "adversarial", record["method"] == "meanflow"
+    one_student = record["method"] in ("adversarial", "regress", "meanflow")  # one student all run long
     if (run / "model").is_dir() and one_student:  # the run's own student has its config
         base = run / "model"
+    elif meanflow:  # a run stopped before model/: its teacher's net with the step plane
+        base = mean_flow_student(Path(record["teacher"]), scratch)
     elif adversarial and record.get("init_t_plane"):  # a time-free init given its t plane: its '-t' size
         from fm_edge.model import read_fm_config
 
@@ -180,10 +201,13 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
         r = min(n_rounds - 1, (step - 1) * n_rounds // settings["max_steps"])
         steps = record["student_steps"] if one_student else record["teacher_sampler"]["steps"] // 2 ** (r + 1)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = student_folder(ema_weights(path, base), base, steps, record, Path(tmp))
+            weights = ema_weights(path, base)
+            folder = student_folder(weights, base, steps, record, Path(tmp))
             for k in args.steps or [steps]:
+                if meanflow:  # the same weights, run as a k-step mean flow
+                    folder = student_folder(weights, base, k, record, Path(tmp) / f"k{k}", default_step=1 / k)
                 rep = score(folder, k, args.n, args.threads)
-                label = f"{steps}-step student" + (
+                label = (f"mean-flow student, {k} steps" if meanflow else f"{steps}-step student") + (
                     f", adversarial {settings['adv_weight']:g}"
                     + (f" + class {settings['class_weight']:g}" if settings.get("class_weight") else "")
                     + f" from {Path(record['init']).name}, run for {k}"
