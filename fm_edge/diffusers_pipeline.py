@@ -224,7 +224,7 @@ class FmEdgePipeline(DiffusionPipeline):
         except UsageError as exc:
             raise UsageError(f"num_inference_steps: {exc}") from None
         if type(self.unet).__name__ == "OneStepNet":
-            check_net_steps(self.unet.config, steps, "num_inference_steps")
+            check_net_steps(self.unet.config, steps, "num_inference_steps", shift=sampler.get("shift", 1.0))
         scale, guided = _guidance_scale(guidance_scale, sampler)
         labels = _labels(class_labels)
         if output_type not in OUTPUT_TYPES:

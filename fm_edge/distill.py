@@ -105,6 +105,8 @@ class DistillConfig:
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
         if not 0 <= self.mean_share <= 1:
             raise UsageError(f"--mean-share must be in [0, 1], got {self.mean_share}")
+        if self.method == "meanflow" and self.bf16:  # its forward-mode pass is tested in float32 only
+            raise UsageError("--method meanflow runs in float32: drop --bf16")
         if not 0 <= self.rollout <= 1:
             raise UsageError(f"--rollout must be in [0, 1], got {self.rollout}")
         if self.rollout and (self.method not in ("adversarial", "regress") or self.student_steps == 1):
@@ -855,10 +857,12 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "student_steps",
         "student_arch",
         "init_sha256",
+        "mean_share",
+        "data",
     ):
-        if old.get(key) != record[key]:
+        if old.get(key) != record.get(key):
             raise UsageError(
-                f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record[key]!r}: "
+                f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record.get(key)!r}: "
                 "use another -o folder"
             )
 

@@ -25,6 +25,14 @@ def t_floor_for(model) -> float | None:
     return DIGIT_T_FLOOR if getattr(model.config, "prediction", "velocity") == "digit" else None
 
 
+def floor_weighted(err: torch.Tensor, t: torch.Tensor, t_floor: float | None) -> torch.Tensor:
+    """``err`` [B, ...] scaled by t / t_floor where t < t_floor (None: unchanged), so a digit-drawing net's
+    digit error weighs no more there than at t_floor."""
+    if t_floor is None:
+        return err
+    return err * (t / t.clamp(min=t_floor)).view(-1, *([1] * (err.dim() - 1)))
+
+
 def sample_t(n: int, how: str, generator: torch.Generator) -> torch.Tensor:
     """Training times in (0, 1) on the generator's device: uniform, or logit-normal(0, 1) (mid-path, as SD3)."""
     import torch
@@ -91,7 +99,5 @@ def loss_fn(
     labels = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
     xt = interpolate(x0, x1, t)
     pred = model(xt, t * T_SCALE, class_labels=labels).sample
-    err = pred.float() - (x1 - x0).float()
-    if t_floor is not None:
-        err = err * (t / t.clamp(min=t_floor)).view(-1, 1, 1, 1)
+    err = floor_weighted(pred.float() - (x1 - x0).float(), t, t_floor)
     return err.square().mean()

@@ -16,7 +16,7 @@ target is the teacher's velocity itself.
 from __future__ import annotations
 
 from fm_edge.convention import T_SCALE
-from fm_edge.flow import interpolate
+from fm_edge.flow import floor_weighted, interpolate
 
 
 def mean_velocity_target(student, z, t, h, v, labels):
@@ -50,7 +50,4 @@ def meanflow_loss(student, teacher_v, x0, labels, generator, mean_share: float, 
     with torch.no_grad():
         v = teacher_v(z, t, labels)
     u, target = mean_velocity_target(student, z, t, h, v, labels)
-    err = u.float() - target.float()
-    if t_floor is not None:
-        err = err * (t / t.clamp(min=t_floor)).view(-1, 1, 1, 1)
-    return err.square().mean()
+    return floor_weighted(u.float() - target.float(), t, t_floor).square().mean()

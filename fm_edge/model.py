@@ -162,9 +162,11 @@ def class_name(folder: str | os.PathLike) -> str:
     return str(model_config(folder).get("_class_name", "UNet2DModel"))
 
 
-def check_net_steps(config, steps: int, flag: str = "--steps") -> None:
+def check_net_steps(
+    config, steps: int, flag: str = "--steps", solver: str = "euler", shift: float = 1.0
+) -> None:
     """The step counts a OneStepNet (its config) runs: a time-free one exactly 1 step from t=1; a mean-flow
-    student (steps of its ``default_step`` = 1/K) exactly K; a '-t' flow net any."""
+    student (steps of its ``default_step`` = 1/K) exactly K Euler steps on the plain grid; a '-t' flow net any."""
     if not config.get("time_input") and steps != 1:
         raise UsageError(
             f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
@@ -174,6 +176,11 @@ def check_net_steps(config, steps: int, flag: str = "--steps") -> None:
         raise UsageError(
             f"{flag} {steps}: this mean-flow student takes steps of length {step:g} and runs exactly "
             f"{round(1 / step)} (distill it with --student-steps {steps} for {steps})"
+        )
+    if step and (solver != "euler" or shift != 1):
+        raise UsageError(
+            f"this mean-flow student takes Euler steps of length {step:g} on the plain grid: use solver euler "
+            f"and shift 1, not {solver} with shift {shift:g}"
         )
 
 
@@ -192,10 +199,16 @@ def is_one_step(folder: str | os.PathLike | None) -> bool:
     return is_student_net(folder) and not model_config(folder).get("time_input")
 
 
-def check_steps_for(folder: str | os.PathLike | None, steps: int, flag: str = "--steps") -> None:
+def check_steps_for(
+    folder: str | os.PathLike | None,
+    steps: int,
+    flag: str = "--steps",
+    solver: str = "euler",
+    shift: float = 1.0,
+) -> None:
     """:func:`check_net_steps` when ``folder`` is a OneStepNet checkpoint folder; nothing otherwise."""
     if is_student_net(folder):
-        check_net_steps(model_config(folder), steps, flag)
+        check_net_steps(model_config(folder), steps, flag, solver, shift)
 
 
 def model_class(folder: str | os.PathLike):

@@ -141,7 +141,7 @@ def main(args):
     if args.model is not None and Path(args.model).is_dir():  # a OneStepNet student runs 1 step only
         from fm_edge.model import check_steps_for
 
-        check_steps_for(args.model, s.steps)
+        check_steps_for(args.model, s.steps, solver=s.solver, shift=s.shift)
     x = generate(backend, labels, s, args.seed, args.batch_size, progress=True, raw=True)
     device = (backend.info or {}).get("device", "cpu")
     print(f"{args.num_samples} samples, {s.describe()}, backend {backend.name} ({device})", file=sys.stderr)

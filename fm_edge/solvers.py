@@ -84,7 +84,7 @@ def guided(velocity: Callable, cfg_scale: float, null_label: int = 10) -> Callab
 
     def v(x, t, labels):
         null = labels * 0 + null_label
-        tt = t if isinstance(t, numbers.Real) else _cat(t, t)  # one time per row (training) is doubled too
+        tt = t if getattr(t, "ndim", 0) == 0 else _cat(t, t)  # one time per row (training) is doubled too
         both = velocity(_cat(x, x), tt, _cat(labels, null))
         vc, vu = both[: len(x)], both[len(x) :]
         out = vu + cfg_scale * (vc - vu)

@@ -112,8 +112,13 @@ class OneStepNet(ModelMixin, ConfigMixin):
         super().__init__()
         if step_input and not time_input:
             raise UsageError("step_input (the mean-flow step length) needs time_input: use a '-t' size")
-        if not 0 <= default_step <= 1:
-            raise UsageError(f"default_step must be in [0, 1], got {default_step}")
+        if not (
+            default_step == 0
+            or (0 < default_step <= 1 and abs(1 / default_step - round(1 / default_step)) < 1e-6)
+        ):
+            raise UsageError(
+                f"default_step must be 0 or 1/K for a whole number of steps K, got {default_step}"
+            )
         chans = tuple(block_out_channels)
         levels = len(chans)
         if levels < 1 or any(not isinstance(c, int) or c < 1 for c in chans):

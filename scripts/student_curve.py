@@ -79,7 +79,7 @@ def student_folder(
         "solver": "euler",
         "steps": steps,
         "cfg_scale": 1.0,
-        "shift": ts["shift"],
+        "shift": ts["shift"] if record["method"] == "progressive" else 1.0,  # as distill writes it
         "guidance": "distilled",
         "distilled_cfg_scale": ts.get("distilled_cfg_scale") or ts["cfg_scale"],
     }

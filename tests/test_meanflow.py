@@ -57,8 +57,9 @@ def test_step_plane_starts_as_the_flow_net_and_then_changes_it():
         torch.testing.assert_close(mean(x, t, y).sample, mean(x, t, y, step_size=0.5).sample)
     with pytest.raises(UsageError, match="needs time_input"):
         build("tiny-digit", step_input=True)
-    with pytest.raises(UsageError, match="default_step must be in"):
-        build("tiny-digit-t", step_input=True, default_step=1.5)
+    for bad in (1.5, 0.3, -0.25):
+        with pytest.raises(UsageError, match="default_step must be 0 or 1/K"):
+            build("tiny-digit-t", step_input=True, default_step=bad)
     for bad in (build("tiny-digit"), mean):  # no t plane; already has a step plane
         with pytest.raises(UsageError, match="gets a step-length plane"):
             with_step_input(bad)
@@ -82,6 +83,26 @@ def test_target_is_the_velocity_minus_h_times_the_derivative_along_the_flow():
     torch.testing.assert_close(target, v - h.view(-1, 1, 1, 1) * dudt, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(target[2], v[2])
     assert not target.requires_grad and u.requires_grad
+
+
+def test_straight_flow_is_its_own_mean_flow():
+    """A net whose drawn digit is a constant c has velocity (z - c) / t: straight paths to c, so its average
+    velocity over any step is that velocity and the target equals u at every h. A wrong sign on the t tangent
+    would give du/dt = 2 (z - c) / t^2 instead of 0."""
+    from fm_edge.meanflow import mean_velocity_target
+
+    net = with_step_input(randomized(build("tiny-digit-t"))).double()
+    with torch.no_grad():
+        net.conv_out.weight.zero_()
+        net.conv_out.bias.fill_(0.3)
+        net.stem.weight[:, -2:].normal_()  # t and h reach the features, but not the drawn digit
+    z = torch.randn(4, 1, 32, 32, dtype=torch.float64)
+    t = torch.tensor([0.95, 0.7, 0.5, 0.3], dtype=torch.float64)
+    h = torch.tensor([0.95, 0.2, 0.5, 0.0], dtype=torch.float64)
+    v = (z - 0.3) / t.view(-1, 1, 1, 1)
+    u, target = mean_velocity_target(net, z, t, h, v, torch.tensor([0, 1, 2, 10]))
+    torch.testing.assert_close(u.detach(), v)
+    torch.testing.assert_close(target, v)
 
 
 def test_meanflow_loss_is_zero_for_the_teacher_itself_at_step_zero():
@@ -126,7 +147,18 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
         FmEdgePipeline.from_pretrained(folder)(class_labels=[1], num_inference_steps=4)
     labels = np.arange(4)
     noise = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
-    digits = generate(torch_backend(folder, num_threads=1), labels, SamplerSpec("euler", 2, 1.0), noise=noise)
+    with pytest.raises(UsageError, match="use solver euler and shift 1"):
+        check_steps_for(folder, 2, solver="heun")
+    with torch.no_grad():  # a step plane that matters (after 4 tiny steps its weights are still near 0)
+        model.stem.weight[:, -1].fill_(0.05)
+    model.save_pretrained(folder, safe_serialization=True)
+    flow = tmp_path / "flow"  # the same weights as a flow net (step length 0)
+    model.register_to_config(default_step=0.0)
+    model.save_pretrained(flow, safe_serialization=True)
+    (flow / "fm_edge.json").write_text((folder / "fm_edge.json").read_text())
+    spec = SamplerSpec("euler", 2, 1.0)
+    digits = generate(torch_backend(folder, num_threads=1), labels, spec, noise=noise)
+    assert not np.array_equal(digits, generate(torch_backend(flow, num_threads=1), labels, spec, noise=noise))
     out = tmp_path / "onnx"
     assert main(["export", "--model", str(folder), "-o", str(out)]) == 0
     onnx_digits = OnnxSampler(out / "sampler.onnx", num_threads=1)(noise, labels)
@@ -140,6 +172,7 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
+        (dict(bf16=True), "--method meanflow runs in float32"),
     ],
 )
 def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny_ckpt, tiny_data, tmp_path):

@@ -48,7 +48,9 @@ def export(
     fm = read_fm_config(ckpt)
     check_convention(ckpt, fm)
     spec = checkpoint_spec(fm).override(steps=steps, solver=solver)
-    check_steps_for(ckpt, spec.steps, "--sampler-steps")  # a OneStepNet student runs exactly 1 step
+    check_steps_for(
+        ckpt, spec.steps, "--sampler-steps", spec.solver, spec.shift
+    )  # a OneStepNet student runs exactly 1 step
     out, created = prepare_output_dir(output_dir)
     paths = {"velocity": out / VELOCITY_FILE, "sampler": out / SAMPLER_FILE}
     try:
