@@ -71,6 +71,9 @@ class DistillConfig:
     critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
     critic_lr: float | None = None  # adversarial: the critic's learning rate (None: --lr)
     mean_share: float = 0.5  # meanflow: share of rows with a step r < t (the rest learn the velocity, r = t)
+    mean_grid: tuple[
+        int, ...
+    ] = ()  # meanflow: step rows take the steps of these K-step samplers (): any r < t
     rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
@@ -105,6 +108,12 @@ class DistillConfig:
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
         if not 0 <= self.mean_share <= 1:
             raise UsageError(f"--mean-share must be in [0, 1], got {self.mean_share}")
+        if any(k not in ADVERSARIAL_STEPS for k in self.mean_grid) or (
+            self.mean_grid and self.method != "meanflow"
+        ):
+            raise UsageError(
+                f"--mean-grid takes step counts 1, 2, 4 or 8 of --method meanflow, got {self.mean_grid}"
+            )
         if self.method == "meanflow" and self.bf16:  # its forward-mode pass is tested in float32 only
             raise UsageError("--method meanflow runs in float32: drop --bf16")
         if not 0 <= self.rollout <= 1:
@@ -726,7 +735,9 @@ class MeanFlow(Method):
         self.real = torch.from_numpy(model_space(self.images)).to(self.device)
         self.real_y = torch.from_numpy(self.labels).to(self.device)
         self.order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed)
-        record.update(data=self.cfg.data or HUB_ID, mean_share=self.cfg.mean_share)
+        record.update(
+            data=self.cfg.data or HUB_ID, mean_share=self.cfg.mean_share, mean_grid=list(self.cfg.mean_grid)
+        )
 
     def student(self):
         from fm_edge.model import load
@@ -740,9 +751,11 @@ class MeanFlow(Method):
 
         idx = self.order.batch(step, self.cfg.batch_size)
         x0, y = self.real[idx], self.real_y[idx]
-        return meanflow_loss(self.model, self.teacher_v, x0, y, gen, self.cfg.mean_share, self.t_floor), len(
-            idx
+        cfg = self.cfg
+        loss = meanflow_loss(
+            self.model, self.teacher_v, x0, y, gen, cfg.mean_share, self.t_floor, cfg.mean_grid
         )
+        return loss, len(idx)
 
     def finish(self, model) -> None:
         model.register_to_config(default_step=1.0 / self.cfg.student_steps)
@@ -858,6 +871,7 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "student_arch",
         "init_sha256",
         "mean_share",
+        "mean_grid",
         "data",
     ):
         if old.get(key) != record.get(key):
@@ -959,6 +973,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--mean-share", type=float, default=DistillConfig.mean_share,
         help="meanflow: share of rows that learn a step of random length; the rest (step 0) learn the velocity",
+    )  # fmt: skip
+    p.add_argument(
+        "--mean-grid", type=int, nargs="+", default=(),
+        help="meanflow: the step rows take the steps of these K-step Euler samplers (e.g. 1 2 4: t on the K grid, "
+        "h = 1/K) instead of steps of random length",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,

@@ -30,22 +30,40 @@ def mean_velocity_target(student, z, t, h, v, labels):
     return u, (v - h.view(-1, 1, 1, 1) * dudt).detach()
 
 
-def meanflow_loss(student, teacher_v, x0, labels, generator, mean_share: float, t_floor: float | None):
+def meanflow_loss(
+    student,
+    teacher_v,
+    x0,
+    labels,
+    generator,
+    mean_share: float,
+    t_floor: float | None,
+    grid: tuple[int, ...] = (),
+):
     """Mean squared error of the student's average velocity against its mean-flow target, on a batch of real
     digits ``x0`` [B, 1, 32, 32] with their ``labels``; ``teacher_v(x, t, labels)`` is the guided teacher.
 
-    t is uniform on (0, 1); a share ``mean_share`` of rows gets r uniform on (0, t), the rest r = t. All
-    randomness comes from ``generator`` (on the CPU), so a resumed run repeats it. ``t_floor`` (a digit-drawing
-    student, :data:`fm_edge.flow.DIGIT_T_FLOOR`) scales the error below it by t / t_floor, as the flow loss does.
+    t is uniform on (0, 1); a share ``mean_share`` of rows gets a step, the rest r = t. A step is r uniform on
+    (0, t), or, with ``grid`` step counts, one step of a K-step sampler (K drawn from ``grid``, t one of its
+    grid times 1, 1 - 1/K, ..., 1/K, h = 1/K): the steps the shipped samplers take. All randomness comes from
+    ``generator`` (on the CPU), so a resumed run repeats it. ``t_floor`` (a digit-drawing student,
+    :data:`fm_edge.flow.DIGIT_T_FLOOR`) scales the error below it by t / t_floor, as the flow loss does.
     """
     import torch
 
     b = x0.shape[0]
     x1 = torch.randn(x0.shape, generator=generator).to(x0.device)
-    t = torch.rand(b, generator=generator).to(x0.device)
-    r = t * torch.rand(b, generator=generator).to(x0.device)
-    mean = (torch.rand(b, generator=generator) < mean_share).to(x0.device)
-    h = torch.where(mean, t - r, torch.zeros_like(t))
+    t = torch.rand(b, generator=generator)
+    h = t * (1 - torch.rand(b, generator=generator))  # r = t - h uniform on [0, t)
+    mean = torch.rand(b, generator=generator) < mean_share
+    if grid:
+        k = torch.tensor(grid, dtype=torch.float32)[torch.randint(len(grid), (b,), generator=generator)]
+        i = torch.floor(torch.rand(b, generator=generator) * k)  # which step of the K: 0 .. K-1
+        on_grid = mean  # every step row takes a grid step
+        t = torch.where(on_grid, 1 - i / k, t)
+        h = torch.where(on_grid, 1 / k, h)
+    h = torch.where(mean, h, torch.zeros_like(h))
+    t, h = t.to(x0.device), h.to(x0.device)
     z = interpolate(x0, x1, t)
     with torch.no_grad():
         v = teacher_v(z, t, labels)

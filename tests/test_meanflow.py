@@ -125,6 +125,31 @@ def test_meanflow_loss_is_zero_for_the_teacher_itself_at_step_zero():
             assert student.stem.weight.grad[:, -1].abs().sum() > 0
 
 
+def test_grid_rows_take_the_steps_of_the_k_step_samplers(monkeypatch):
+    """With grid step counts every step row is one step of a K-step Euler sampler (t on its grid, h = 1/K); the
+    other rows have h = 0; without a grid, steps have random length below t."""
+    import fm_edge.meanflow as mf
+
+    seen = []
+
+    def capture(student, z, t, h, v, labels):
+        seen.append((t.clone(), h.clone()))
+        return v.requires_grad_(), v
+
+    monkeypatch.setattr(mf, "mean_velocity_target", capture)
+    x0, y = torch.zeros(400, 1, 32, 32), torch.zeros(400, dtype=torch.long)
+    teacher = lambda z, t, labels: z  # noqa: E731
+    mf.meanflow_loss(None, teacher, x0, y, torch.Generator().manual_seed(0), 0.5, None, grid=(1, 2, 4))
+    t, h = seen[-1]
+    step = h > 0
+    assert 150 < int(step.sum()) < 250 and set(h[step].tolist()) == {1.0, 0.5, 0.25}
+    k = 1 / h[step]
+    assert torch.allclose(t[step] * k, torch.round(t[step] * k)) and bool((t[step] >= h[step]).all())
+    mf.meanflow_loss(None, teacher, x0, y, torch.Generator().manual_seed(0), 1.0, None)
+    t, h = seen[-1]
+    assert bool((h > 0).all() and (h <= t).all()) and len(set(h.tolist())) == 400
+
+
 def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_teacher, tiny_data, tmp_path):
     from fm_edge.backends import generate, torch_backend
     from fm_edge.cli import main
@@ -132,8 +157,9 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     from fm_edge.runtime import OnnxSampler
     from fm_edge.sampler_spec import SamplerSpec
 
-    folder = distill(mcfg(tmp_path / "run", flow_teacher, tiny_data), progress=False)
+    folder = distill(mcfg(tmp_path / "run", flow_teacher, tiny_data, mean_grid=(1, 2)), progress=False)
     model, fm = load(folder)
+    assert fm["distillation"]["mean_grid"] == [1, 2]
     assert model.config.step_input and model.config.default_step == 0.5
     assert fm["sampler"]["steps"] == 2 and fm["sampler"]["guidance"] == "distilled"
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5 and fm["distillation"]["method"] == "meanflow"
@@ -173,6 +199,8 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
         (dict(bf16=True), "--method meanflow runs in float32"),
+        (dict(mean_grid=(1, 3)), "--mean-grid takes step counts 1, 2, 4 or 8"),
+        (dict(method="regress", mean_grid=(2,)), "--mean-grid takes step counts .* of --method meanflow"),
     ],
 )
 def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny_ckpt, tiny_data, tmp_path):
@@ -188,11 +216,11 @@ def test_meanflow_sigkill_then_resume_gives_the_uninterrupted_run(flow_teacher, 
     from conftest import sigkill_at_marker
     from test_distill import KILLABLE, _assert_same_run
 
-    straight = distill(mcfg(tmp_path / "straight", flow_teacher, tiny_data), progress=False)
+    straight = distill(mcfg(tmp_path / "straight", flow_teacher, tiny_data, mean_grid=(1, 2)), progress=False)
     run, marker = tmp_path / "run", tmp_path / "marker"
     argv = ["distill", "--method", "meanflow", "--teacher", str(flow_teacher), "--data", tiny_data,
             "--student-steps", "2", "--batch-size", "8", "--max-steps", "4", "--checkpoint-every", "2",
-            "--num-threads", "1", "--device", "cpu", "-o", str(run)]  # fmt: skip
+            "--num-threads", "1", "--device", "cpu", "--mean-grid", "1", "2", "-o", str(run)]  # fmt: skip
     killable = KILLABLE.replace("fm_edge.distill as d", "fm_edge.meanflow as d").replace(
         "pairs_loss", "meanflow_loss"
     )
