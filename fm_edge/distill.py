@@ -705,8 +705,8 @@ class Progressive(Method):
 
 class MeanFlow(Method):
     """A mean-flow student (:mod:`fm_edge.meanflow`) of a '-t' flow teacher: the teacher's net given a zero-weight
-    step-length plane learns the average velocity of the teacher's guided flow on real --data digits, so one
-    run serves 1, 2, 4 or 8 steps; its folder runs ``student_steps`` Euler steps of length 1/K."""
+    step-length plane learns the average velocity of the teacher's guided flow on real --data digits over steps
+    of random length or of ``mean_grid``; its folder runs ``student_steps`` Euler steps of length 1/K."""
 
     def check(self) -> None:
         from fm_edge.data import load_split
@@ -972,12 +972,13 @@ def add_arguments(p) -> None:
     )  # fmt: skip
     p.add_argument(
         "--mean-share", type=float, default=DistillConfig.mean_share,
-        help="meanflow: share of rows that learn a step of random length; the rest (step 0) learn the velocity",
+        help="meanflow: share of rows that learn a step (of random length, or of --mean-grid); the rest (step 0) "
+        "learn the velocity",
     )  # fmt: skip
     p.add_argument(
         "--mean-grid", type=int, nargs="+", default=(),
-        help="meanflow: the step rows take the steps of these K-step Euler samplers (e.g. 1 2 4: t on the K grid, "
-        "h = 1/K) instead of steps of random length",
+        help="meanflow: the step rows take the steps of these K-step Euler samplers (t on the K grid, h = 1/K) "
+        "instead of steps of random length; the student's own K alone trained best (docs/training.md)",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,
