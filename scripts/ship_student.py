@@ -7,6 +7,9 @@ the model it started from, or its data, there (recorded as ``parent``).
         --cpu "Intel Xeon (AVX512-VNNI), 2 threads" --command "fm-edge distill ..." \\
         --quality euler1=runs/eval/pd3_model_1.json [--quality euler4=...]
 
+A net trained in stages (``fm-edge train --init-from``) takes ``--history STAGE1 STAGE2 ...``, the folders of
+the stages before it, oldest first: their training records go into ``training.history``.
+
 Each ``--quality NAME=REPORT`` is an ``fm-edge evaluate --json`` report; the folder's ONNX files are made
 beforehand by ``fm-edge export --int8``.
 """
@@ -37,6 +40,14 @@ def main():
     ap.add_argument(
         "--init", default=None, help="adversarial: the net it started from, as people should read it"
     )
+    ap.add_argument(
+        "--history",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="a net trained in stages: the folders of the stages before it, oldest first; their training "
+        "records go into training.history, so the shipped record holds every stage",
+    )
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--command", required=True, help="the command that trained it")
     ap.add_argument("--quality", action="append", default=[], help="NAME=evaluate.json")
@@ -52,6 +63,9 @@ def main():
             rec["cpu"] = args.cpu
             rec["command"] = args.command
             rec["wall_minutes"] = round(rec.get("seconds", rec.get("train_seconds", 0)) / 60, 1)
+    if args.history:
+        records = [json.loads((f / "fm_edge.json").read_text())["training"] for f in args.history]
+        fm["training"]["history"] = [{k: v for k, v in r.items() if k != "history"} for r in records]
     quality = {"evaluator": "fm-edge classifier, FD vs MNIST test features"}
     for spec in args.quality:
         name, _, report = spec.partition("=")
