@@ -9,7 +9,7 @@ import pytest
 from fm_edge.artifacts import SHIPPED, onnx_metadata, weights_hash
 from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.runtime import OnnxSampler
-from fm_edge.sampler_spec import SamplerSpec
+from fm_edge.sampler_spec import checkpoint_spec
 
 FOLDERS = sorted(p for p in SHIPPED.parent.iterdir() if (p / "config.json").is_file())
 TEACHER_T = SHIPPED.parent / "teacher-mnist-digit-t"
@@ -63,8 +63,9 @@ def test_int8_built_teacher_sampler_files_match_its_torch_sampler(name):
 def test_int8_built_teacher_runs_8_steps_and_they_differ_from_4():
     """The teacher is a flow net: any step count runs, and more steps change the digits (its 8-step figure)."""
     fn = torch_backend(TEACHER_T)
+    spec = checkpoint_spec(json.loads((TEACHER_T / "fm_edge.json").read_text()))  # its recommended setting
     noise, labels = make_noise(10, 1), np.arange(10)
-    four = generate(fn, labels, SamplerSpec("euler", 4, 1.25), noise=noise).astype(int)
-    eight = generate(fn, labels, SamplerSpec("euler", 8, 1.25), noise=noise).astype(int)
+    four = generate(fn, labels, spec.override(steps=4), noise=noise).astype(int)
+    eight = generate(fn, labels, spec.override(steps=8), noise=noise).astype(int)
     assert four.shape == eight.shape == (10, 28, 28)
     assert 1 < np.abs(four - eight).mean() < 40, "8 steps refine the 4-step digits, they do not replace them"
