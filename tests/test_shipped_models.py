@@ -8,6 +8,9 @@ import pytest
 
 from fm_edge.artifacts import SHIPPED, onnx_metadata, weights_hash
 from fm_edge.backends import generate, make_noise, torch_backend
+from fm_edge.model import is_student_net
+from fm_edge.quantize.pipeline import default_recipe_for
+from fm_edge.quantize.recipe import get as get_recipe
 from fm_edge.runtime import OnnxSampler
 from fm_edge.sampler_spec import checkpoint_spec
 
@@ -31,6 +34,8 @@ def test_shipped_folder_has_its_card_samples_quality_and_current_exports(folder)
         assert meta["checkpoint_sha256"] == sha, f"{name} was exported from other weights"
         if "int8" in name:
             assert json.loads(meta["int8_recipe"])["name"] == recipe
+    if is_student_net(folder):  # a plain `fm-edge export --int8` remakes the int8 file this folder ships
+        assert get_recipe(default_recipe_for(folder)).name == recipe
 
 
 def test_int8_built_teacher_is_in_the_shipped_set():

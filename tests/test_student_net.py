@@ -398,3 +398,30 @@ def test_distilled_teacher_only_for_regress(distilled_teacher, tmp_path):
         distill(rcfg(tmp_path / "a", distilled_teacher, method="pairs"), progress=False)
     with pytest.raises(UsageError, match="omit --cfg-scale"):
         distill(rcfg(tmp_path / "b", distilled_teacher, cfg_scale=3.0), progress=False)
+
+
+def test_export_int8_keeps_a_flow_teachers_first_and_last_conv_in_float(tmp_path):
+    """``--int8`` with the default recipe on a '-t' OneStepNet that samples with CFG at run time (a flow
+    teacher, as ``fm-edge train --preset ...-digit-t`` writes) picks the student recipe with float ends: every
+    conv in int8 but the first and the last, and quantization.json says so."""
+    import onnx
+
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.cli import main
+    from fm_edge.model import fm_config
+    from fm_edge.quantize.graph import int8_nodes
+
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    model = build("tiny-digit-t")  # default init (every block starts as the identity): int8 passes the gate
+    model.save_pretrained(teacher, safe_serialization=True)
+    sampler = {"solver": "euler", "steps": 2, "cfg_scale": 1.5, "shift": 1.0}
+    (teacher / FM_CONFIG).write_text(json.dumps(fm_config("tiny-digit-t", sampler=sampler)))
+    out = tmp_path / "onnx"
+    args = ["export", "--model", str(teacher), "-o", str(out), "--int8", "--calib-samples", "11"]
+    assert main(args) == 0
+    recipe = json.loads((out / "quantization.json").read_text())["recipe"]
+    assert recipe["name"] == "qdq-student-float-ends"
+    assert {"first_conv", "last_conv"} <= set(recipe["exclude_roles"])
+    convs = [n for n in onnx.load(str(out / "velocity.onnx")).graph.node if n.op_type == "Conv"]
+    assert len(int8_nodes(onnx.load(str(out / "velocity_int8.onnx")))) == len(convs) - 2

@@ -151,8 +151,10 @@ def add_arguments(p) -> None:
         "--int8-recipe",
         default="default",
         choices=tuple(RECIPES),
-        help="int8: float-cond-add keeps the time-embedding adds in float (+0.6 dB, any CPU); vnni "
-        "has 8-bit weights too (only for VNNI/AMX CPUs, AVX2 saturates); the rest are for comparison",
+        help="int8: default picks by model (a UNet: default; a OneStepNet: student; a OneStepNet flow teacher "
+        "that samples with CFG: student-float-ends); float-cond-add keeps the time-embedding adds in float "
+        "(+0.6 dB, any CPU); vnni has 8-bit weights too (only for VNNI/AMX CPUs, AVX2 saturates); the rest "
+        "are for comparison",
     )
     seed_and_threads(
         p, "seed of the validation and calibration noise", "CPU threads (torch and ONNX Runtime)"
