@@ -13,15 +13,12 @@ TAGS = ["flow-matching", "mnist", "class-conditional", "fm-edge", "diffusers:FmE
 
 
 def _where(folder: Path) -> str:
-    """How the usage snippet names the folder: the shipped one by its repo path, any other by a placeholder."""
+    """How the usage snippet names the folder: a shipped one by its repo path, any other by a placeholder."""
     try:
-        return (
-            "fm_edge/checkpoints/compact-mnist"
-            if Path(folder).resolve() == SHIPPED.resolve()
-            else "path/to/this/folder"
-        )
+        shipped = Path(folder).resolve().parent == SHIPPED.parent.resolve()
     except OSError:
-        return "path/to/this/folder"
+        shipped = False
+    return f"fm_edge/checkpoints/{Path(folder).resolve().name}" if shipped else "path/to/this/folder"
 
 
 def _what(folder: Path, config: dict) -> tuple[str, str]:

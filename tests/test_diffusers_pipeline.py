@@ -251,7 +251,7 @@ def test_card_front_matter_and_usage(tmp_path):
     from fm_edge.card import write_card
 
     cfg = json.loads((SHIPPED / FM_CONFIG).read_text())
-    for folder, where in ((tmp_path, "path/to/this/folder"), (SHIPPED, "fm_edge/checkpoints/compact-mnist")):
+    for folder, where in ((tmp_path, "path/to/this/folder"), (SHIPPED, f"fm_edge/checkpoints/{SHIPPED.name}")):
         text = (folder / "README.md").read_text() if folder == SHIPPED else None
         if text is None:
             write_card(folder, cfg)
@@ -262,7 +262,10 @@ def test_card_front_matter_and_usage(tmp_path):
         )
         assert {"flow-matching", "mnist", "fm-edge", "diffusers:FmEdgePipeline"} <= set(meta["tags"])
         assert "## Use with diffusers" in text and f'FmEdgePipeline.from_pretrained("{where}")' in text
-        assert "## Measured quality" in text and "MNIST flow-matching UNet\n" in text
+        config = folder / "config.json"  # the title names the class (none in tmp_path: a UNet by default)
+        noun = json.loads(config.read_text())["_class_name"] if config.is_file() else "UNet"
+        noun = "UNet" if noun == "UNet2DModel" else noun
+        assert "## Measured quality" in text and f"MNIST flow-matching {noun}\n" in text
 
 
 def test_importing_fm_edge_does_not_import_the_pipeline():

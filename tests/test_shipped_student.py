@@ -10,6 +10,7 @@ from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.runtime import OnnxSampler
 from fm_edge.sampler_spec import SamplerSpec
 
+TEACHER_V11 = SHIPPED.parent / "compact-mnist"  # the UNet teacher the UNet students were distilled from
 STUDENT = SHIPPED.parent / "compact-mnist-student"
 STUDENT_4STEP = SHIPPED.parent / "compact-mnist-student-4step"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -18,17 +19,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_student_records_its_teacher_and_its_guidance():
     fm = json.loads((STUDENT / "fm_edge.json").read_text())
     assert fm["sampler"]["steps"] == 1 and fm["sampler"]["guidance"] == "distilled"
-    # both students regressed (adversarial method) onto the shipped teacher's cached samples
+    # both students regressed (adversarial method) onto teacher v1.1's cached samples
     four = json.loads((STUDENT_4STEP / "fm_edge.json").read_text())
     for rec in (fm["distillation"], four["distillation"]):
-        assert rec["method"] == "adversarial" and rec["teacher_sha256"] == weights_hash(SHIPPED)
+        assert rec["method"] == "adversarial" and rec["teacher_sha256"] == weights_hash(TEACHER_V11)
     assert (
         four["sampler"]["steps"] == 4 and four["distillation"]["student_steps"] == 8
     )  # 4-step grid within 8
     assert four["sampler"]["distilled_cfg_scale"] == fm["sampler"]["distilled_cfg_scale"]
     assert (
         fm["sampler"]["distilled_cfg_scale"]
-        == json.loads((SHIPPED / "fm_edge.json").read_text())["sampler"]["cfg_scale"]
+        == json.loads((TEACHER_V11 / "fm_edge.json").read_text())["sampler"]["cfg_scale"]
     )
 
 

@@ -157,7 +157,7 @@ def _where(folder: Path) -> str:
     from fm_edge.artifacts import SHIPPED_ONNX
 
     if folder.resolve() == SHIPPED_ONNX.resolve():
-        return "the shipped compact-mnist ONNX files"
+        return f"the shipped {SHIPPED_ONNX.parent.name} ONNX files"
     try:
         return f"`{folder.resolve().relative_to(Path.cwd())}`"
     except ValueError:

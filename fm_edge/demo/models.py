@@ -23,7 +23,7 @@ from fm_edge.errors import UsageError
 FP32_FILE, INT8_FILE = VELOCITY_FILE, VELOCITY_INT8
 NAMES = {"fp32": "ONNX fp32", "int8": "ONNX int8", "torch": "PyTorch fp32", "student": "one-step student"}
 #: the shipped student's export: the demo's student column when it shows the shipped teacher
-SHIPPED_STUDENT = SHIPPED.parent / "compact-mnist-student" / "onnx"
+SHIPPED_STUDENT = SHIPPED.parent / "onestep-mnist-digit" / "onnx"
 
 
 def model_folder(model_dir=None) -> Path:
