@@ -251,7 +251,10 @@ def test_card_front_matter_and_usage(tmp_path):
     from fm_edge.card import write_card
 
     cfg = json.loads((SHIPPED / FM_CONFIG).read_text())
-    for folder, where in ((tmp_path, "path/to/this/folder"), (SHIPPED, f"fm_edge/checkpoints/{SHIPPED.name}")):
+    for folder, where in (
+        (tmp_path, "path/to/this/folder"),
+        (SHIPPED, f"fm_edge/checkpoints/{SHIPPED.name}"),
+    ):
         text = (folder / "README.md").read_text() if folder == SHIPPED else None
         if text is None:
             write_card(folder, cfg)
