@@ -10,7 +10,7 @@ from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.runtime import OnnxSampler
 from fm_edge.sampler_spec import SamplerSpec
 
-TEACHER_V11 = SHIPPED.parent / "compact-mnist"  # the UNet teacher the UNet students were distilled from
+TEACHER_V11 = SHIPPED.parents[2] / "stages" / "compact-mnist-v1.1"  # the retired UNet teacher they come from
 STUDENT = SHIPPED.parent / "compact-mnist-student"
 STUDENT_4STEP = SHIPPED.parent / "compact-mnist-student-4step"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

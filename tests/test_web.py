@@ -111,7 +111,7 @@ def test_a_dist_with_only_the_plain_build_serves_no_webgpu_and_names_what_is_mis
     assert not (tmp_path / "b").exists()
 
 
-TEACHER = web.DEFAULT_SAMPLER.parents[2] / "compact-mnist" / "onnx"
+TEACHER = web.DEFAULT_SAMPLER.parents[2] / "teacher-mnist-digit-t" / "onnx"
 
 
 def _bad_inputs(root: Path) -> None:
