@@ -1,7 +1,7 @@
 """Cold start, load and abuse test of ``fm-edge demo``: how long until the page is served, and what N
 concurrent ``gradio_client`` requests get, well-formed or not (answers, rejections, times, server memory).
 
-    python scripts/demo_load.py --model fm_edge/checkpoints/compact-mnist/onnx --requests 16 64 \
+    python scripts/demo_load.py --model fm_edge/checkpoints/teacher-mnist-digit-t/onnx --requests 16 64 \
         --bad-fraction 0.3 --queue-size 32 4 --json docs/results/demo_load.json
 
 1. start ``python -m fm_edge.cli demo`` as a fresh process (one per ``--queue-size``), time it until ``GET /``

@@ -3,14 +3,14 @@
 # --device cuda for the torch backends (CUDA graphs, eager, bf16) and the ONNX files, capped at 10 GB, and
 # one JSON with it all.
 #
-#   OUT=/some/dir bash scripts/gpu_check.sh [CHECKPOINT]      # default: the shipped checkpoint
+#   OUT=/some/dir bash scripts/gpu_check.sh [CHECKPOINT]      # default: teacher v1.1 (the UNet)
 #
 # Set-up as in scripts/train_gpu.sh: wheels carried in .whl/ are installed offline into /tmp/site when the
 # image lacks diffusers (or pytest); the package runs from this checkout. ONNX rows use ORT's CUDA provider
 # when onnxruntime-gpu is installed, else the CPU provider (the JSON says which).
 set -euo pipefail
 : "${OUT:?set OUT to the output folder}"
-MODEL=${1:-fm_edge/checkpoints/compact-mnist}
+MODEL=${1:-stages/compact-mnist-v1.1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
