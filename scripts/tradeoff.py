@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     rows = {n: {"name": n, "file": str(s.path), "sha256": sha256(s.path), "metadata": {
         k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
                                         "precision", "checkpoint_sha256")}} for n, s in samplers.items()}  # fmt: skip
+    siblings = fp32_siblings(samplers)
     for b in (int(v) for v in args.batch_sizes.split(",")):
         noise, labels = make_noise(b, 0), default_labels(b)
         fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
             rows[n][f"ms_per_image_b{b}"] = round(1000 * median(times[n]) / b, 3)
             rows[n][f"images_per_s_b{b}"] = round(b / median(times[n]), 1)
             rows[n][f"speedup_vs_{base}_b{b}"] = round(paired_speedup(times[base], times[n]), 2)
+            if n in siblings:  # the int8 file against the fp32 file beside it, round by round
+                rows[n]["fp32_sibling"] = siblings[n]
+                rows[n][f"int8_over_fp32_b{b}"] = round(paired_speedup(times[siblings[n]], times[n]), 2)
         print(
             f"batch {b}: " + ", ".join(f"{n} {rows[n][f'ms_per_image_b{b}']:.2f} ms" for n in samplers),
             file=sys.stderr,
@@ -75,8 +79,46 @@ def main(argv=None) -> int:
     write_bytes(args.output, (json.dumps(out, indent=1) + "\n").encode())
     if args.plot and n > 0:
         plot(out, Path(args.plot))
+    print(markdown(out))
     print(args.output)
     return 0
+
+
+def fp32_siblings(samplers: dict) -> dict[str, str]:
+    """{int8 row: fp32 row} for every ``sampler_int8.onnx`` whose folder's ``sampler.onnx`` is also timed."""
+    by_path = {Path(s.path).resolve(): name for name, s in samplers.items()}
+    out = {}
+    for name, s in samplers.items():
+        path = Path(s.path).resolve()
+        if path.name.endswith("_int8.onnx"):
+            sibling = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
+            if sibling is not None:
+                out[name] = sibling
+    return out
+
+
+def markdown(out: dict) -> str:
+    """The table as markdown: ms per digit at each batch, speed against the baseline and int8 against its
+    fp32 sibling, and the quality columns when they were measured."""
+    batches = [k[len("ms_per_image_b") :] for k in out["rows"][0] if k.startswith("ms_per_image_b")]
+    quality = out["quality_samples"] > 0
+    head = ["sampler file", "network evals / digit", *[f"ms / digit b{b}" for b in batches],
+            f"vs {out['baseline']} ({' / '.join('b' + b for b in batches)})", "int8 over fp32"]  # fmt: skip
+    if quality:
+        head += ["FD / floor", "label acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in out["rows"]:
+        cells = [r["name"], r["metadata"].get("network_evals_per_image") or "?"]
+        cells += [f"{r[f'ms_per_image_b{b}']:.2f}" for b in batches]
+        base = out["baseline"]
+        cells.append(" / ".join(f"{r[f'speedup_vs_{base}_b{b}']:.2f}×" for b in batches))
+        cells.append(
+            " / ".join(f"{r[f'int8_over_fp32_b{b}']:.2f}×" for b in batches) if "fp32_sibling" in r else "—"
+        )
+        if quality:
+            cells += [f"{r['fd'] / r['fd_floor']:.2f}", f"{r['label_accuracy']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(out: dict, path: Path) -> None:
