@@ -480,6 +480,30 @@ class Method:
         """Set what the written student's config needs (before its folder is written)."""
 
 
+def pairs_quality(labels, x0, per_class: int = 100, min_per_class: int = 50) -> dict | None:
+    """The teacher digits' FD / floor and label accuracy on a class-balanced subset of the pairs (the first
+    ``per_class`` of each digit, or as many as every digit has, down to ``min_per_class``; None below that).
+    A student regressed onto the pairs learns toward their quality, so this is its ceiling, known before the
+    run spends hours (a random-label FD would read high: the classes are not balanced)."""
+    import numpy as np
+
+    from fm_edge.convention import NUM_CLASSES, decode_uint8
+    from fm_edge.evaluate import evaluate_images
+
+    labels = np.asarray(labels)
+    k = min([per_class, *(int((labels == d).sum()) for d in range(NUM_CLASSES))])
+    if k < min_per_class:
+        return None
+    idx = np.concatenate([np.flatnonzero(labels == d)[:k] for d in range(NUM_CLASSES)])
+    r = evaluate_images(decode_uint8(x0[idx]), labels[idx])
+    return {
+        "n": int(len(idx)),
+        "fd": round(r["fd"], 3),
+        "fd_over_floor": round(r["fd"] / r["fd_floor"], 2),
+        "label_accuracy": round(r["label_accuracy"], 4),
+    }
+
+
 class Pairs(Method):
     """Rectified-flow distillation: the straight path between noise and the teacher's cached sample."""
 
@@ -492,6 +516,13 @@ class Pairs(Method):
         arrays = teacher_pairs(self.cfg, self.teacher, self.s, self.device, progress, record)
         self.x1, self.y, self.x0 = (torch.from_numpy(a).to(self.device) for a in arrays)
         record["pairs_seconds"] = round(time.time() - t0, 1)
+        q = record["pairs_quality"] = pairs_quality(arrays[1], arrays[2])
+        if q is not None and progress:
+            print(
+                f"teacher pairs: FD / floor {q['fd_over_floor']:.2f} at n = {q['n']:,} (label accuracy "
+                f"{q['label_accuracy']:.1%}), the students' ceiling",
+                file=sys.stderr,
+            )
         self.order = EpochOrder(len(self.x1), self.cfg.batch_size, self.cfg.seed)
 
     def loss(self, step: int, gen) -> tuple:

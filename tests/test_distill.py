@@ -57,6 +57,7 @@ def test_student_folder_is_a_checkpoint_with_the_distilled_sampler(student, tiny
     d = fm["distillation"]
     assert d["method"] == "pairs" and d["pairs"] == 24 and d["steps"] == 4
     assert d["pairs_backend"] == "torch"  # the tiny teacher has no onnx/ export
+    assert d["pairs_quality"] is None  # 24 pairs: too few of each digit for a balanced FD
     assert d["teacher_sha256"] == weights_hash(tiny_ckpt)
     assert d["teacher_sampler"] == {"solver": "heun", "steps": 3, "cfg_scale": 1.5, "shift": 1.0}
     assert (student / "README.md").read_text().startswith("---\n")
@@ -378,3 +379,25 @@ def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt,
     with pytest.raises(UsageError, match="no fm_edge.json"):
         mod.average(tiny_ckpt, b, 0.5, tmp_path / "z")
     assert not (tmp_path / "z").exists() and not list(tmp_path.glob(".z*"))
+
+
+def test_pairs_quality_scores_a_class_balanced_subset(tiny_data):
+    """The pairs' own quality, before a run trains on them: real digits read as real digits on the evaluator
+    (FD of a balanced subset, label accuracy near 1), noise reads far worse, and too few pairs of any digit
+    give nothing rather than a figure from an unbalanced set."""
+    from fm_edge.convention import encode_uint8
+    from fm_edge.data import load_split
+    from fm_edge.distill import pairs_quality
+    from fm_edge.evaluate import evaluate_images
+
+    images, labels = load_split(tiny_data, "train")
+    k = int(np.bincount(labels, minlength=10).min())
+    real = pairs_quality(labels, encode_uint8(images), per_class=k, min_per_class=k)
+    idx = np.concatenate([np.flatnonzero(labels == d)[:k] for d in range(10)])
+    want = evaluate_images(images[idx], labels[idx])
+    assert real["n"] == 10 * k and real["fd"] == pytest.approx(want["fd"], abs=1e-3)
+    assert real["label_accuracy"] > 0.9
+    noise = np.random.default_rng(0).uniform(-1, 1, (len(labels), 1, 32, 32)).astype(np.float32)
+    assert pairs_quality(labels, noise, per_class=k, min_per_class=k)["fd"] > 5 * real["fd"]
+    assert pairs_quality(labels, encode_uint8(images), min_per_class=k + 1) is None
+    assert pairs_quality(np.where(labels == 3, 10, labels), encode_uint8(images), min_per_class=1) is None
