@@ -3,6 +3,10 @@ machine in one alternating loop, and their FD on the same noise. Writes a JSON t
 
     python scripts/tradeoff.py NAME=PATH/sampler.onnx [NAME=PATH ...] -o docs/results/tradeoff.json \\
         --plot docs/tradeoff.png [--num-threads 2] [--quality-samples 2000]
+
+Quality and timing can be split: a run with ``--rounds 1`` measures FD while other work loads the machine,
+and a later run on a quiet machine takes those columns with ``--quality-from`` and only times. Each int8 file
+is also timed against the fp32 file beside it (``int8_over_fp32_b*``); the table prints as markdown.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15, help="alternating timed rounds per batch size")
     p.add_argument("--quality-samples", type=int, default=2000, help="0: time only, no FD columns")
     p.add_argument("--num-threads", type=int, default=2)
+    p.add_argument(
+        "--quality-from",
+        default=None,
+        help="take the FD columns from this earlier output instead of sampling again (rows matched by file "
+        "sha256): quality can be measured while other work loads the machine, timing only when it is quiet",
+    )
     args = p.parse_args(argv)
     samplers = {}
     for spec in args.files:
@@ -60,7 +70,25 @@ def main(argv=None) -> int:
             f"batch {b}: " + ", ".join(f"{n} {rows[n][f'ms_per_image_b{b}']:.2f} ms" for n in samplers),
             file=sys.stderr,
         )
-    n = args.quality_samples
+    if args.quality_from:
+        n = copy_quality(json.loads(Path(args.quality_from).read_text()), rows)
+    else:
+        n = args.quality_samples
+        measure_quality(samplers, rows, n)
+    env = collect()
+    out = {"cpu": env["cpu"], "int8_path": env["int8_path"], "onnxruntime": env["onnxruntime"],
+           "num_threads": args.num_threads, "rounds": args.rounds, "quality_samples": n, "baseline": base,
+           "rows": list(rows.values())}  # fmt: skip
+    write_bytes(args.output, (json.dumps(out, indent=1) + "\n").encode())
+    if args.plot and n > 0:
+        plot(out, Path(args.plot))
+    print(markdown(out))
+    print(args.output)
+    return 0
+
+
+def measure_quality(samplers: dict, rows: dict, n: int) -> None:
+    """FD and label accuracy of every file on the same ``n`` noises, labels cycling 0-9 (none for n = 0)."""
     labels, noise = default_labels(n), make_noise(n, 0)
     for name, s in samplers.items() if n > 0 else ():
         imgs = np.concatenate([s(noise[i : i + 250], labels[i : i + 250]) for i in range(0, n, 250)])
@@ -72,16 +100,18 @@ def main(argv=None) -> int:
             f"{name}: FD {r['fd']:.2f} (floor {r['fd_floor']:.2f}), accuracy {r['label_accuracy']:.1%}",
             file=sys.stderr,
         )
-    env = collect()
-    out = {"cpu": env["cpu"], "int8_path": env["int8_path"], "onnxruntime": env["onnxruntime"],
-           "num_threads": args.num_threads, "rounds": args.rounds, "quality_samples": n, "baseline": base,
-           "rows": list(rows.values())}  # fmt: skip
-    write_bytes(args.output, (json.dumps(out, indent=1) + "\n").encode())
-    if args.plot and n > 0:
-        plot(out, Path(args.plot))
-    print(markdown(out))
-    print(args.output)
-    return 0
+
+
+def copy_quality(earlier: dict, rows: dict) -> int:
+    """Copy fd, fd_floor and label_accuracy from an earlier output's row of the same file (by sha256) into
+    every row; returns the sample count they were measured on."""
+    by_sha = {r["sha256"]: r for r in earlier["rows"] if "fd" in r}
+    missing = [name for name, r in rows.items() if r["sha256"] not in by_sha]
+    if missing:
+        raise SystemExit(f"--quality-from has no quality for {', '.join(missing)} (no row of the same file)")
+    for r in rows.values():
+        r.update({k: by_sha[r["sha256"]][k] for k in ("fd", "fd_floor", "label_accuracy")})
+    return earlier["quality_samples"]
 
 
 def fp32_siblings(samplers: dict) -> dict[str, str]:
