@@ -45,6 +45,10 @@ from fm_edge.errors import UsageError
 ARCHS: dict[str, dict] = {
     "s2-64-128": dict(patch_size=2, block_out_channels=(64, 128), layers_per_block=(2, 3)),
     "s2-48-96-128": dict(patch_size=2, block_out_channels=(48, 96, 128), layers_per_block=(1, 2, 2)),
+    # wider and deeper candidates for a few-step student with more capacity (the 48-96-128 '-digit-t' net
+    # stopped near its inits' quality on better targets; docs/training.md, sixteenth session)
+    "s2-64-128-192": dict(patch_size=2, block_out_channels=(64, 128, 192), layers_per_block=(1, 2, 2)),
+    "s2-48-96-128-deep": dict(patch_size=2, block_out_channels=(48, 96, 128), layers_per_block=(2, 3, 3)),
     "p1-32-64-128": dict(patch_size=1, block_out_channels=(32, 64, 128), layers_per_block=(1, 2, 2)),
     "s2-32-64": dict(patch_size=2, block_out_channels=(32, 64), layers_per_block=(2, 2)),
     "tiny": dict(patch_size=2, block_out_channels=(8, 16), layers_per_block=(1, 1), label_channels=4),
