@@ -139,7 +139,9 @@ def main():
     ap.add_argument("run", type=Path, nargs="+")
     ap.add_argument("--curve", type=Path, nargs="+", default=[], help="folders of ema-<step> copies, per run")
     ap.add_argument("--name", default="student", help="docs/results/<name>_curve.json, docs/<name>_curve.png")
-    ap.add_argument("--teacher", type=Path, default=ROOT / "fm_edge" / "checkpoints" / "teacher-mnist-digit-t")
+    ap.add_argument(
+        "--teacher", type=Path, default=ROOT / "fm_edge" / "checkpoints" / "teacher-mnist-digit-t"
+    )
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--steps", type=int, nargs="+", default=None, help="sample at these steps (default: own)")
     ap.add_argument("--threads", type=int, default=2)
