@@ -24,7 +24,7 @@ SAMPLER_INT8 = "sampler_int8.onnx"
 RECIPE_JSON = "quantization.json"
 
 #: the default model: the int8-built flow teacher (a OneStepNet with t as an input plane, whose int8 sampler pays
-#: on AVX2 CPUs too); the UNet teacher v1.1 it replaced ships beside it as ``compact-mnist``
+#: on AVX2 CPUs too); the UNet teacher v1.1 it replaced is kept in the repo's stages/compact-mnist-v1.1
 SHIPPED = Path(__file__).parent / "checkpoints" / "teacher-mnist-digit-t"
 SHIPPED_ONNX = SHIPPED / "onnx"
 

@@ -184,19 +184,21 @@ def check_net_steps(
         )
 
 
+def folder_or_shipped(folder: str | os.PathLike | None) -> Path:
+    """``folder``, or the shipped default model's folder for None (no checks: :func:`resolve` checks)."""
+    return SHIPPED if folder is None else Path(folder)
+
+
 def is_student_net(folder: str | os.PathLike | None) -> bool:
-    """Whether ``folder`` is a OneStepNet checkpoint folder, time-free or not (None: the shipped UNet)."""
-    return (
-        folder is not None
-        and (Path(folder) / "config.json").is_file()
-        and class_name(folder) == ONE_STEP_CLASS
-    )
+    """Whether ``folder`` (None: the shipped default) is a OneStepNet checkpoint folder, time-free or not."""
+    folder = folder_or_shipped(folder)
+    return (folder / "config.json").is_file() and class_name(folder) == ONE_STEP_CLASS
 
 
 def is_one_step(folder: str | os.PathLike | None) -> bool:
-    """Whether ``folder`` is a time-free OneStepNet checkpoint folder; a OneStepNet with a time input (a '-t'
-    size) runs any step count."""
-    return is_student_net(folder) and not model_config(folder).get("time_input")
+    """Whether ``folder`` (None: the shipped default) is a time-free OneStepNet checkpoint folder; a OneStepNet
+    with a time input (a '-t' size) runs any step count."""
+    return is_student_net(folder) and not model_config(folder_or_shipped(folder)).get("time_input")
 
 
 def check_steps_for(
@@ -206,9 +208,10 @@ def check_steps_for(
     solver: str = "euler",
     shift: float = 1.0,
 ) -> None:
-    """:func:`check_net_steps` when ``folder`` is a OneStepNet checkpoint folder; nothing otherwise."""
+    """:func:`check_net_steps` when ``folder`` (None: the shipped default) is a OneStepNet checkpoint folder;
+    nothing otherwise."""
     if is_student_net(folder):
-        check_net_steps(model_config(folder), steps, flag, solver, shift)
+        check_net_steps(model_config(folder_or_shipped(folder)), steps, flag, solver, shift)
 
 
 def model_class(folder: str | os.PathLike):

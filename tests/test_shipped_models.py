@@ -36,6 +36,8 @@ def test_shipped_folder_has_its_card_samples_quality_and_current_exports(folder)
             assert json.loads(meta["int8_recipe"])["name"] == recipe
     if is_student_net(folder):  # a plain `fm-edge export --int8` remakes the int8 file this folder ships
         assert get_recipe(default_recipe_for(folder)).name == recipe
+    if folder == SHIPPED:  # ... also with no --model: the default is this folder
+        assert get_recipe(default_recipe_for(None)).name == recipe
 
 
 def test_int8_built_teacher_is_in_the_shipped_set():
