@@ -15,10 +15,12 @@ TAGS = ["flow-matching", "mnist", "class-conditional", "fm-edge", "diffusers:FmE
 def _where(folder: Path) -> str:
     """How the usage snippet names the folder: a shipped one by its repo path, any other by a placeholder."""
     try:
-        shipped = Path(folder).resolve().parent == SHIPPED.parent.resolve()
+        path = Path(folder).resolve()
+        if path.parent == SHIPPED.parent.resolve():
+            return f"fm_edge/checkpoints/{path.name}"
     except OSError:
-        shipped = False
-    return f"fm_edge/checkpoints/{Path(folder).resolve().name}" if shipped else "path/to/this/folder"
+        pass
+    return "path/to/this/folder"
 
 
 def _what(folder: Path, config: dict) -> tuple[str, str]:

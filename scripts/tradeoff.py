@@ -137,10 +137,10 @@ def markdown(out: dict) -> str:
     if quality:
         head += ["FD / floor", "label acc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = out["baseline"]
     for r in out["rows"]:
         cells = [r["name"], r["metadata"].get("network_evals_per_image") or "?"]
         cells += [f"{r[f'ms_per_image_b{b}']:.2f}" for b in batches]
-        base = out["baseline"]
         cells.append(" / ".join(f"{r[f'speedup_vs_{base}_b{b}']:.2f}×" for b in batches))
         cells.append(
             " / ".join(f"{r[f'int8_over_fp32_b{b}']:.2f}×" for b in batches) if "fp32_sibling" in r else "—"
