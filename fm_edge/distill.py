@@ -64,7 +64,8 @@ class DistillConfig:
     cfg_scale: float | None = None  # None: the teacher's recommended scale
     student_steps: int = 1
     student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
-    init: str | None = None  # adversarial: the net to start from (a distilled student; K > 1: or a teacher)
+    init: str | None = None  # adversarial: the net to start from (a distilled student; K > 1: or a teacher);
+    # meanflow: a '-t' net of any size, or a mean-flow student (None: the teacher's own net)
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
@@ -103,6 +104,8 @@ class DistillConfig:
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from an existing net: pass --init DIR")
+        elif self.init is not None and self.method != "meanflow":
+            raise UsageError(f"--init is for --method adversarial or meanflow, not {self.method}")
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
@@ -741,7 +744,7 @@ class MeanFlow(Method):
 
     def check(self) -> None:
         from fm_edge.data import load_split
-        from fm_edge.model import model_config
+        from fm_edge.model import model_config, read_fm_config, resolve
 
         cfg = model_config(self.teacher)
         if not cfg.get("time_input") or cfg.get("step_input"):
@@ -749,6 +752,17 @@ class MeanFlow(Method):
                 f"--method meanflow needs a '-t' OneStepNet flow teacher (fm-edge train --preset "
                 f"s2-48-96-128-digit-t), and {str(self.teacher)!r} is not one"
             )
+        # --init: the student starts from another '-t' net (any size: a wider one learns the teacher's flow
+        # with more capacity), or from a mean-flow student's folder (the next stage of a run)
+        self.init = resolve(self.cfg.init) if self.cfg.init else None
+        if self.init is not None:
+            icfg = model_config(self.init)
+            if not icfg.get("time_input") or icfg.get("prediction") != cfg.get("prediction"):
+                raise UsageError(
+                    f"--init {str(self.init)!r} must be a '-t' OneStepNet that predicts what the teacher does "
+                    f"({cfg.get('prediction')}): a flow net from fm-edge train, or a mean-flow student"
+                )
+            self.init_fm = read_fm_config(self.init)
         self.images, self.labels = load_split(self.cfg.data, "train")
 
     def prepare(self, record: dict, progress: bool) -> None:
@@ -769,13 +783,20 @@ class MeanFlow(Method):
         record.update(
             data=self.cfg.data or HUB_ID, mean_share=self.cfg.mean_share, mean_grid=list(self.cfg.mean_grid)
         )
+        if self.init is not None:
+            from fm_edge.artifacts import weights_hash
+
+            record.update(init=str(self.init), init_sha256=weights_hash(self.init))
 
     def student(self):
         from fm_edge.model import load
         from fm_edge.student_net import with_step_input
 
-        model, _ = load(self.teacher, device=self.device)
-        return with_step_input(model)
+        model, _ = load(self.init or self.teacher, device=self.device)
+        return model if model.config.step_input else with_step_input(model)
+
+    def preset(self, fm: dict) -> str:
+        return (self.init_fm if self.init is not None else fm).get("preset", "unknown")
 
     def loss(self, step: int, gen) -> tuple:
         from fm_edge.meanflow import meanflow_loss
@@ -976,7 +997,8 @@ def add_arguments(p) -> None:
         default=None,
         help="adversarial: the distilled student folder to start from; with --student-steps above 1 also a "
         "guided teacher (reflow from its own weights), and a time-free '-digit' net starts as its '-t' size "
-        "(t plane weights 0: at t = 1 it is the init)",
+        "(t plane weights 0: at t = 1 it is the init). meanflow: a '-t' flow net of any size to start from "
+        "instead of the teacher's own net (its step plane added), or a mean-flow student (the next stage)",
     )
     p.add_argument(
         "--data",

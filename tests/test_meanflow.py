@@ -191,6 +191,48 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert int(np.abs(onnx_digits.astype(int) - digits.astype(int)).max()) <= 1  # the step length is baked in
 
 
+def flow_net_folder(folder, preset, seed=0):
+    """A '-t' flow net folder of ``preset`` (a size other than the teacher's), as fm-edge train writes it."""
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.model import fm_config
+
+    torch.manual_seed(seed)
+    randomized(build(preset), seed).save_pretrained(folder, safe_serialization=True)
+    cfg = fm_config(preset, sampler={"solver": "euler", "steps": 4, "cfg_scale": 1.5, "shift": 1.0})
+    (folder / FM_CONFIG).write_text(json.dumps(cfg))
+    return folder
+
+
+def test_meanflow_init_starts_a_wider_student_and_a_next_stage(
+    flow_teacher, tiny_data, tmp_path, monkeypatch
+):
+    """--init: the student is that net (another size than the teacher, its step plane added), not the teacher;
+    a mean-flow student as --init goes on as it is (the next stage of a run)."""
+    from fm_edge.artifacts import weights_hash
+    from fm_edge.distill import MeanFlow
+    from fm_edge.model import load
+
+    init = flow_net_folder(tmp_path / "init", "s2-32-64-digit-t")
+    stage1 = distill(
+        mcfg(tmp_path / "s1", flow_teacher, tiny_data, init=str(init), mean_grid=(2,)), progress=False
+    )
+    model, fm = load(stage1)
+    assert tuple(model.config.block_out_channels) == (32, 64) and model.config.step_input
+    assert fm["preset"] == "s2-32-64-digit-t" and fm["distillation"]["init_sha256"] == weights_hash(init)
+    assert fm["distillation"]["teacher_sha256"] == weights_hash(flow_teacher)
+    first, student = {}, MeanFlow.student
+
+    def keep_first(method):  # the student as it starts, before its first step
+        net = student(method)
+        first["state"] = {k: v.clone() for k, v in net.state_dict().items()}
+        return net
+
+    monkeypatch.setattr(MeanFlow, "student", keep_first)
+    distill(mcfg(tmp_path / "s2", flow_teacher, tiny_data, init=str(stage1), mean_grid=(2,)), progress=False)
+    for k, v in model.state_dict().items():  # stage 2 starts exactly where stage 1 ended, step plane included
+        torch.testing.assert_close(first["state"][k], v)
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -201,12 +243,19 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
         (dict(bf16=True), "--method meanflow runs in float32"),
         (dict(mean_grid=(1, 3)), "--mean-grid takes step counts 1, 2, 4 or 8"),
         (dict(method="regress", mean_grid=(2,)), "--mean-grid takes step counts .* of --method meanflow"),
+        (dict(init="TIMEFREE"), "--init .* must be a '-t' OneStepNet that predicts what the teacher does"),
+        (dict(init="NOFOLDER"), "is not a folder"),
+        (dict(method="pairs", init="TIMEFREE"), "--init is for --method adversarial or meanflow, not pairs"),
     ],
 )
 def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny_ckpt, tiny_data, tmp_path):
     kw = dict(kw)
     teacher = tiny_ckpt if kw.pop("teacher", None) == "UNET" else flow_teacher  # a UNet teacher
     data = str(tmp_path) if kw.pop("data", None) == "NODATA" else tiny_data  # a folder with no MNIST
+    if kw.get("init") == "TIMEFREE":
+        kw["init"] = str(flow_net_folder(tmp_path / "timefree", "tiny-digit"))
+    elif kw.get("init") == "NOFOLDER":
+        kw["init"] = str(tmp_path / "missing")
     with pytest.raises(UsageError, match=match):
         distill(mcfg(tmp_path / "out", teacher, data, **kw), progress=False)
     assert not (tmp_path / "out").exists()
