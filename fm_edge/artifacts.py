@@ -22,6 +22,8 @@ SAMPLER_FILE = "sampler.onnx"
 VELOCITY_INT8 = "velocity_int8.onnx"
 SAMPLER_INT8 = "sampler_int8.onnx"
 RECIPE_JSON = "quantization.json"
+#: velocity.onnx metadata key of a mean-flow student: the step length baked in at export (1/steps)
+MEAN_FLOW_STEP = "mean_flow_step"
 
 #: the default model: the int8-built flow teacher (a OneStepNet with t as an input plane, whose int8 sampler pays
 #: on AVX2 CPUs too); the UNet teacher v1.1 it replaced is kept in the repo's stages/compact-mnist-v1.1

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fm_edge.artifacts import MEAN_FLOW_STEP
 from fm_edge.convention import MODEL_SIZE, check_labels, check_model_input, decode_uint8
 from fm_edge.errors import UsageError
 from fm_edge.sampler_spec import SamplerSpec
@@ -139,6 +140,23 @@ def onnx_backend(
     )
 
 
+def match_step_length(backend: Backend, steps: int) -> None:
+    """A mean-flow student takes steps of length 1/``steps``: torch sets it on the net (a multiple of the
+    student's own step count, else a UsageError); an ONNX velocity file has its step length baked in at
+    export (metadata ``mean_flow_step``), so another step count is a UsageError."""
+    module = (backend.info or {}).get("module")
+    if hasattr(module, "run_steps"):
+        module.run_steps(steps)
+    step = float(getattr(backend.velocity, "metadata", {}).get(MEAN_FLOW_STEP, 0) or 0)
+    if step and steps != round(1 / step):
+        k = round(1 / step)
+        raise UsageError(
+            f"--steps {steps}: this velocity.onnx is a mean-flow student exported for {k} steps (length "
+            f"1/{k}): sample it with --steps {k}, export its checkpoint with --sampler-steps {steps}, or use "
+            "--backend torch"
+        )
+
+
 def generate(
     backend: Backend,
     labels: np.ndarray,
@@ -158,6 +176,7 @@ def generate(
     """
     spec.check()
     steps = spec.steps
+    match_step_length(backend, steps)
     labels = check_labels(labels)
     if labels.ndim != 1:
         raise UsageError(f"labels have shape {list(labels.shape)}: expected one label per sample, [N]")

@@ -37,7 +37,7 @@ def _what(folder: Path, config: dict) -> tuple[str, str]:
     if cfg.get("step_input"):
         k = round(1 / cfg["default_step"]) if cfg.get("default_step") else None
         runs = (
-            f"runs {k} Euler step{'s' if k != 1 else ''} of length 1/{k}"
+            f"runs {k} Euler step{'s' if k != 1 else ''} of length 1/{k} (or a multiple of {k}, each step split)"
             if k
             else "takes steps of any length"
         )

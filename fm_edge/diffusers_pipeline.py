@@ -225,6 +225,7 @@ class FmEdgePipeline(DiffusionPipeline):
             raise UsageError(f"num_inference_steps: {exc}") from None
         if type(self.unet).__name__ == "OneStepNet":
             check_net_steps(self.unet.config, steps, "num_inference_steps", shift=sampler.get("shift", 1.0))
+            self.unet.run_steps(steps)  # a mean-flow student's step length
         scale, guided = _guidance_scale(guidance_scale, sampler)
         labels = _labels(class_labels)
         if output_type not in OUTPUT_TYPES:

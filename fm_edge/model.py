@@ -166,16 +166,18 @@ def check_net_steps(
     config, steps: int, flag: str = "--steps", solver: str = "euler", shift: float = 1.0
 ) -> None:
     """The step counts a OneStepNet (its config) runs: a time-free one exactly 1 step from t=1; a mean-flow
-    student (steps of its ``default_step`` = 1/K) exactly K Euler steps on the plain grid; a '-t' flow net any."""
+    student (trained for steps of its ``default_step`` = 1/K) K Euler steps on the plain grid, or a multiple
+    mK (each step split in m, of length 1/(mK): between the trained lengths 0 and 1/K); a '-t' flow net any."""
     if not config.get("time_input") and steps != 1:
         raise UsageError(
             f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
         )
     step = config.get("default_step")
-    if step and steps != round(1 / step):
+    if step and steps % round(1 / step):
+        k = round(1 / step)
         raise UsageError(
-            f"{flag} {steps}: this mean-flow student takes steps of length {step:g} and runs exactly "
-            f"{round(1 / step)} (distill it with --student-steps {steps} for {steps})"
+            f"{flag} {steps}: this mean-flow student learned steps of length 1/{k} and runs {k} steps or a "
+            f"multiple of {k} (distill it with --student-steps {steps} for {steps})"
         )
     if step and (solver != "euler" or shift != 1):
         raise UsageError(

@@ -4,7 +4,8 @@ an .npz or a PNG grid.
 ``--backend auto`` (the default) samples with ONNX Runtime when the checkpoint folder holds an export of the
 same weights in ``onnx/`` (the shipped one does): about 4x faster than torch eager on a laptop CPU at the same
 digits. On a machine where torch sees a GPU, with ``--device cuda``, ``--bf16`` or ``--reference`` (dopri5
-runs in torch), and for a checkpoint without an export, it uses torch.
+runs in torch), for a checkpoint without an export, and for a mean-flow student at a step count other than
+its export's (its velocity.onnx has the step length baked in), it uses torch.
 """
 
 from __future__ import annotations
@@ -19,20 +20,27 @@ from fm_edge.errors import UsageError
 BACKENDS = ("auto", "torch", "onnx", "torchao")
 
 
-def exported_onnx(model) -> Path | None:
-    """The checkpoint's ``onnx/velocity.onnx`` when it was exported from the same weights, else None."""
-    from fm_edge.artifacts import VELOCITY_FILE, onnx_metadata, weights_hash
+def exported_onnx(model, steps: int | None = None) -> Path | None:
+    """The checkpoint's ``onnx/velocity.onnx`` when it was exported from the same weights (and, for a mean-flow
+    student, for ``steps`` steps when given), else None."""
+    from fm_edge.artifacts import MEAN_FLOW_STEP, VELOCITY_FILE, onnx_metadata, weights_hash
     from fm_edge.model import resolve
 
     ckpt = resolve(model)
     path = ckpt / "onnx" / VELOCITY_FILE
     if not path.is_file():
         return None
-    return path if onnx_metadata(path).get("checkpoint_sha256") == weights_hash(ckpt) else None
+    meta = onnx_metadata(path)
+    step = float(meta.get(MEAN_FLOW_STEP) or 0)
+    if steps is not None and step and round(1 / step) != steps:
+        return None
+    return path if meta.get("checkpoint_sha256") == weights_hash(ckpt) else None
 
 
-def pick_backend(name: str, model=None, reference: bool = False, device: str = "auto") -> str:
-    """The concrete backend ``auto`` stands for (see the module docstring)."""
+def pick_backend(
+    name: str, model=None, reference: bool = False, device: str = "auto", steps: int | None = None
+) -> str:
+    """The concrete backend ``auto`` stands for (see the module docstring); ``steps``: the --steps flag."""
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -41,7 +49,7 @@ def pick_backend(name: str, model=None, reference: bool = False, device: str = "
         return "onnx"
     if reference or device == "cuda" or (device == "auto" and _torch_sees_cuda()):
         return "torch"  # on a GPU, torch with CUDA graphs; ORT on CUDA is --backend onnx with onnxruntime-gpu
-    return "onnx" if exported_onnx(model) is not None else "torch"
+    return "onnx" if exported_onnx(model, steps) is not None else "torch"
 
 
 def _torch_sees_cuda() -> bool:
@@ -131,7 +139,7 @@ def main(args):
     if not str(args.output).endswith((".npz", ".png")):
         raise UsageError(f"-o {args.output!r} must end in .npz or .png")
     device, bf16 = args.device, args.bf16
-    name = pick_backend(args.backend, args.model, args.reference or bf16, device)
+    name = pick_backend(args.backend, args.model, args.reference or bf16, device, args.steps)
     labels = default_labels(args.num_samples, args.label, args.unconditional)
     if args.reference and name != "torch":
         raise UsageError("--reference needs --backend torch (dopri5 runs through torchdiffeq)")

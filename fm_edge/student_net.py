@@ -23,7 +23,8 @@ gives the average velocity over [r, t], so one Euler step of length h goes from 
 al. 2025's MeanFlow); at h = 0, the default, that is the instantaneous velocity, so every sampler, export and
 pipeline that passes only t uses it as the flow net it starts from. A distilled mean-flow student stores the
 step length of its Euler grid as ``default_step`` (1/K for K steps), so every sampler that passes only t runs
-its K-step mean flow.
+its K-step mean flow; :meth:`OneStepNet.run_steps` sets a shorter step (1/(mK), each of its steps split in m)
+for a sampler of mK steps.
 
 ``forward(sample, timestep, class_labels)`` matches ``UNet2DModel`` (a time-free net accepts the timestep and
 ignores it), so training, export and sampling treat both classes alike; see :data:`ARCHS` for the named sizes.
@@ -161,6 +162,21 @@ class OneStepNet(ModelMixin, ConfigMixin):
         )
         self.conv_out = nn.Conv2d(chans[0], out_channels * patch_size**2, 3, padding=1)
 
+    def run_steps(self, steps: int) -> None:
+        """Make a mean-flow student (``default_step`` 1/K) take steps of length 1/``steps`` wherever no step
+        length is passed (samplers, export, pipeline); ``steps`` must be a multiple of its K
+        (:func:`fm_edge.model.check_net_steps`). Any other net is left as it is."""
+        from fm_edge.model import check_net_steps
+
+        if self.config.step_input and self.config.default_step:
+            check_net_steps(self.config, steps)
+            self._run_step = 1.0 / steps
+
+    @property
+    def step_length(self) -> float:
+        """The step length used when none is passed: 1/steps after :meth:`run_steps`, else ``default_step``."""
+        return getattr(self, "_run_step", self.config.default_step)
+
     def forward(self, sample, timestep=None, class_labels=None, return_dict: bool = True, step_size=None):
         """Velocity for ``sample`` [B, C, H, W] at ``timestep`` (t x T_SCALE, [B] or a number); a time-free net
         ignores ``timestep`` and gives its velocity at t=1. A mean-flow net gives the average velocity over the
@@ -179,7 +195,7 @@ class OneStepNet(ModelMixin, ConfigMixin):
             t = t.expand(b)[:, None, None, None]
             inputs.append(t.expand(b, 1, h, w))
         if self.config.step_input:
-            step_size = self.config.default_step if step_size is None else step_size
+            step_size = self.step_length if step_size is None else step_size
             step = torch.as_tensor(step_size, dtype=sample.dtype, device=sample.device)
             inputs.append(step.reshape(-1).expand(b)[:, None, None, None].expand(b, 1, h, w))
         x = F.relu(self.stem(torch.cat(inputs, dim=1)))

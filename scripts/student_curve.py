@@ -98,14 +98,15 @@ def fresh_student(arch: str, out: Path) -> Path:
     return out
 
 
-def mean_flow_student(teacher: Path, out: Path) -> Path:
-    """A checkpoint folder of ``teacher``'s net with the mean-flow step plane: the config a meanflow run's EMA
-    copies need."""
+def mean_flow_student(start: Path, out: Path) -> Path:
+    """A checkpoint folder of the net a meanflow run started from (its teacher, or its --init) with the
+    mean-flow step plane: the config the run's EMA copies need."""
     from fm_edge.model import load
     from fm_edge.student_net import with_step_input
 
-    with_step_input(load(teacher, device="cpu")[0]).save_pretrained(out, safe_serialization=True)
-    shutil.copy2(teacher / "fm_edge.json", out / "fm_edge.json")
+    net = load(start, device="cpu")[0]
+    (net if net.config.step_input else with_step_input(net)).save_pretrained(out, safe_serialization=True)
+    shutil.copy2(start / "fm_edge.json", out / "fm_edge.json")
     return out
 
 
@@ -186,7 +187,7 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     if (run / "model").is_dir() and one_student:  # the run's own student has its config
         base = run / "model"
     elif meanflow:  # a run stopped before model/: its teacher's net with the step plane
-        base = mean_flow_student(Path(record["teacher"]), scratch)
+        base = mean_flow_student(Path(record.get("init") or record["teacher"]), scratch)
     elif adversarial and record.get("init_t_plane"):  # a time-free init given its t plane: its '-t' size
         from fm_edge.model import read_fm_config
 

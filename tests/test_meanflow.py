@@ -1,6 +1,7 @@
 """The mean-flow student: the step-length plane, the loss's target, and ``fm-edge distill --method meanflow``."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -151,8 +152,11 @@ def test_grid_rows_take_the_steps_of_the_k_step_samplers(monkeypatch):
 
 
 def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_teacher, tiny_data, tmp_path):
-    from fm_edge.backends import generate, torch_backend
+    from fm_edge.artifacts import onnx_metadata
+    from fm_edge.backends import generate, onnx_backend, torch_backend
     from fm_edge.cli import main
+    from fm_edge.convention import decode_uint8
+    from fm_edge.sample import pick_backend
     from fm_edge.model import check_steps_for, load
     from fm_edge.runtime import OnnxSampler
     from fm_edge.sampler_spec import SamplerSpec
@@ -165,12 +169,14 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert fm["sampler"]["distilled_cfg_scale"] == 1.5 and fm["distillation"]["method"] == "meanflow"
     assert fm["distillation"]["mean_share"] == 0.5 and fm["distillation"]["data"] == tiny_data
     assert "mean-flow `OneStepNet`" in (folder / "README.md").read_text()
-    with pytest.raises(UsageError, match="runs exactly 2"):
-        check_steps_for(folder, 4)
+    for bad in (1, 3):
+        with pytest.raises(UsageError, match=f"--steps {bad}: .* runs 2 steps or a multiple of 2"):
+            check_steps_for(folder, bad)
+    check_steps_for(folder, 4)  # each step split in two
     from fm_edge.diffusers_pipeline import FmEdgePipeline
 
-    with pytest.raises(UsageError, match="num_inference_steps 4: this mean-flow student .* runs exactly 2"):
-        FmEdgePipeline.from_pretrained(folder)(class_labels=[1], num_inference_steps=4)
+    with pytest.raises(UsageError, match="num_inference_steps 3: this mean-flow student .* a multiple of 2"):
+        FmEdgePipeline.from_pretrained(folder)(class_labels=[1], num_inference_steps=3)
     labels = np.arange(4)
     noise = np.random.default_rng(3).standard_normal((4, 1, 32, 32)).astype(np.float32)
     with pytest.raises(UsageError, match="use solver euler and shift 1"):
@@ -189,6 +195,33 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert main(["export", "--model", str(folder), "-o", str(out)]) == 0
     onnx_digits = OnnxSampler(out / "sampler.onnx", num_threads=1)(noise, labels)
     assert int(np.abs(onnx_digits.astype(int) - digits.astype(int)).max()) <= 1  # the step length is baked in
+    assert onnx_metadata(out / "velocity.onnx")["mean_flow_step"] == "0.5"
+    # 4 steps: each step of 1/2 split in two, the net told h = 1/4 (torch, pipeline and a 4-step export agree)
+    four = SamplerSpec("euler", 4, 1.0)
+    digits4 = generate(torch_backend(folder, num_threads=1), labels, four, noise=noise)
+    by_hand = torch.from_numpy(noise)
+    with torch.no_grad():
+        for t in (1.0, 0.75, 0.5, 0.25):
+            tt = torch.full((4,), t * 1000)
+            by_hand = by_hand - 0.25 * model(by_hand, tt, torch.from_numpy(labels), step_size=0.25).sample
+    assert np.array_equal(digits4, decode_uint8(by_hand.numpy()))
+    assert not np.array_equal(digits4, digits)
+    pipe = FmEdgePipeline.from_pretrained(folder)
+    latents = torch.from_numpy(noise)
+    x = pipe(class_labels=labels.tolist(), num_inference_steps=4, latents=latents, output_type="latent").images
+    assert int(np.abs(decode_uint8(x.numpy()).astype(int) - digits4.astype(int)).max()) <= 1
+    with pytest.raises(UsageError, match="--steps 4: this velocity.onnx is a mean-flow student exported for 2"):
+        generate(onnx_backend(out / "velocity.onnx", num_threads=1), labels, four, noise=noise)
+    (folder / "onnx").mkdir()
+    for name in ("velocity.onnx", "sampler.onnx"):
+        shutil.copy(out / name, folder / "onnx" / name)
+    assert pick_backend("auto", folder, steps=2) == "onnx" and pick_backend("auto", folder) == "onnx"
+    assert pick_backend("auto", folder, steps=4) == "torch"  # its export runs 2 steps only
+    out4 = tmp_path / "onnx4"
+    assert main(["export", "--model", str(folder), "--sampler-steps", "4", "-o", str(out4)]) == 0
+    assert onnx_metadata(out4 / "velocity.onnx")["mean_flow_step"] == "0.25"
+    digits4_ort = OnnxSampler(out4 / "sampler.onnx", num_threads=1)(noise, labels)
+    assert int(np.abs(digits4_ort.astype(int) - digits4.astype(int)).max()) <= 1
 
 
 def flow_net_folder(folder, preset, seed=0):

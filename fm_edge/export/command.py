@@ -77,8 +77,10 @@ def _export(ckpt, fm, paths, opset, spec, seed, num_threads, log) -> None:
     if num_threads:
         torch.set_num_threads(num_threads)
     model, _ = load(ckpt)
+    if hasattr(model, "run_steps"):  # a mean-flow student takes steps of 1/steps
+        model.run_steps(spec.steps)
     print(f"exporting {ckpt} (opset {opset}, TorchScript exporter)", file=log)
-    velocity = export_velocity(model, opset, velocity_metadata(ckpt, fm))
+    velocity = export_velocity(model, opset, velocity_metadata(ckpt, fm, model))
     meta = sampler_metadata(ckpt, fm, spec)
     sampler = build_sampler(velocity, spec.solver, spec.steps, spec.shift, meta)
     try:

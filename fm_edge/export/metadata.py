@@ -11,6 +11,9 @@ and CFG scale baked into (or recommended for) its graph, and how guidance works 
 - ``nfe``: velocity calls per solve, as everywhere in fm-edge (:func:`fm_edge.solvers.nfe`);
 - ``network_evals_per_image``: UNet rows per digit, the edge cost: ``nfe`` x 2 with ``cfg``, ``nfe`` when
   ``distilled`` (so 1 for a one-step student, 8 for Euler 4 with CFG).
+
+A mean-flow student's ``velocity.onnx`` also records ``mean_flow_step``, the step length baked into its graph
+(1/steps of the export), so a runtime can refuse another step count.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 from pathlib import Path
 
 from fm_edge import __version__, artifacts
+from fm_edge.artifacts import MEAN_FLOW_STEP
 from fm_edge.convention import CONVENTION
 from fm_edge.errors import FmEdgeError
 from fm_edge.sampler_spec import checkpoint_spec
@@ -44,14 +48,22 @@ def common_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
     }
 
 
-def velocity_metadata(checkpoint: Path, fm: dict) -> dict[str, str]:
-    return {
+def velocity_metadata(checkpoint: Path, fm: dict, model=None) -> dict[str, str]:
+    """What a velocity.onnx records; a mean-flow student (``model``) also its baked-in step length."""
+    meta = {
         **common_metadata(checkpoint, fm),
         "model": "velocity",
         "inputs": "sample float32 [B,1,32,32]; timestep float32 [B] = t * t_scale; class_labels int64 [B]",
         "outputs": "velocity float32 [B,1,32,32] = d x_t / dt",
         "recommended_sampler": json.dumps(checkpoint_spec(fm).to_dict(), sort_keys=True),
     }
+    step = getattr(model, "step_length", 0) if model is not None and model.config.get("step_input") else 0
+    if step:
+        meta[MEAN_FLOW_STEP] = repr(float(step))
+        meta["outputs"] = (
+            f"average velocity float32 [B,1,32,32] over a step of length {step:g} ending at t - {step:g}"
+        )
+    return meta
 
 
 def sampler_metadata(checkpoint: Path, fm: dict, spec) -> dict[str, str]:
