@@ -156,9 +156,9 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     from fm_edge.backends import generate, onnx_backend, torch_backend
     from fm_edge.cli import main
     from fm_edge.convention import decode_uint8
-    from fm_edge.sample import pick_backend
     from fm_edge.model import check_steps_for, load
     from fm_edge.runtime import OnnxSampler
+    from fm_edge.sample import pick_backend
     from fm_edge.sampler_spec import SamplerSpec
 
     folder = distill(mcfg(tmp_path / "run", flow_teacher, tiny_data, mean_grid=(1, 2)), progress=False)
@@ -208,9 +208,13 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
     assert not np.array_equal(digits4, digits)
     pipe = FmEdgePipeline.from_pretrained(folder)
     latents = torch.from_numpy(noise)
-    x = pipe(class_labels=labels.tolist(), num_inference_steps=4, latents=latents, output_type="latent").images
+    x = pipe(
+        class_labels=labels.tolist(), num_inference_steps=4, latents=latents, output_type="latent"
+    ).images
     assert int(np.abs(decode_uint8(x.numpy()).astype(int) - digits4.astype(int)).max()) <= 1
-    with pytest.raises(UsageError, match="--steps 4: this velocity.onnx is a mean-flow student exported for 2"):
+    with pytest.raises(
+        UsageError, match="--steps 4: this velocity.onnx is a mean-flow student exported for 2"
+    ):
         generate(onnx_backend(out / "velocity.onnx", num_threads=1), labels, four, noise=noise)
     (folder / "onnx").mkdir()
     for name in ("velocity.onnx", "sampler.onnx"):
