@@ -66,6 +66,7 @@ class DistillConfig:
     student_arch: str = "s2-48-96-128"  # regress: a fm_edge.student_net.ARCHS name
     init: str | None = None  # adversarial: the net to start from (a distilled student; K > 1: or a teacher);
     # meanflow: a '-t' net of any size, or a mean-flow student (None: the teacher's own net)
+    grow_to: str | None = None  # meanflow: widen the start net to this '-t' size first (same function)
     data: str | None = None  # adversarial: real MNIST (a local folder in the hub layout, or a hub id)
     adv_weight: float = 0.05  # adversarial: weight of the critic's term beside the regression
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
@@ -117,6 +118,8 @@ class DistillConfig:
             raise UsageError(
                 f"--mean-grid takes step counts 1, 2, 4 or 8 of --method meanflow, got {self.mean_grid}"
             )
+        if self.grow_to is not None and self.method != "meanflow":
+            raise UsageError(f"--grow-to widens the start net of --method meanflow, not {self.method}")
         if self.method == "meanflow" and self.bf16:  # its forward-mode pass is tested in float32 only
             raise UsageError("--method meanflow runs in float32: drop --bf16")
         if not 0 <= self.rollout <= 1:
@@ -763,6 +766,10 @@ class MeanFlow(Method):
                     f"({cfg.get('prediction')}): a flow net from fm-edge train, or a mean-flow student"
                 )
             self.init_fm = read_fm_config(self.init)
+        if self.cfg.grow_to is not None:
+            from fm_edge.student_net import check_growable
+
+            check_growable(model_config(self.init or self.teacher), self.cfg.grow_to)
         self.images, self.labels = load_split(self.cfg.data, "train")
 
     def prepare(self, record: dict, progress: bool) -> None:
@@ -787,15 +794,25 @@ class MeanFlow(Method):
             from fm_edge.artifacts import weights_hash
 
             record.update(init=str(self.init), init_sha256=weights_hash(self.init))
+        record.update(grown_to=self.cfg.grow_to)
 
     def student(self):
         from fm_edge.model import load
-        from fm_edge.student_net import with_step_input
+        from fm_edge.student_net import grown, with_step_input
 
         model, _ = load(self.init or self.teacher, device=self.device)
-        return model if model.config.step_input else with_step_input(model)
+        model = model if model.config.step_input else with_step_input(model)
+        if self.cfg.grow_to is not None:
+            import torch
+
+            with torch.random.fork_rng():  # the new channels' first weights come from --seed
+                torch.manual_seed(self.cfg.seed)
+                model = grown(model, self.cfg.grow_to)
+        return model
 
     def preset(self, fm: dict) -> str:
+        if self.cfg.grow_to is not None:
+            return self.cfg.grow_to
         return (self.init_fm if self.init is not None else fm).get("preset", "unknown")
 
     def loss(self, step: int, gen) -> tuple:
@@ -924,6 +941,7 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "init_sha256",
         "mean_share",
         "mean_grid",
+        "grown_to",
         "data",
     ):
         if old.get(key) != record.get(key):
@@ -999,6 +1017,13 @@ def add_arguments(p) -> None:
         "guided teacher (reflow from its own weights), and a time-free '-digit' net starts as its '-t' size "
         "(t plane weights 0: at t = 1 it is the init). meanflow: a '-t' flow net of any size to start from "
         "instead of the teacher's own net (its step plane added), or a mean-flow student (the next stage)",
+    )
+    p.add_argument(
+        "--grow-to",
+        default=None,
+        help="meanflow: widen the start net (the teacher's, or --init) to this '-t' size first: more channels "
+        "at the same levels and blocks, drawing exactly what it drew (new channels start unread), so a "
+        "trained net gets more room without starting over",
     )
     p.add_argument(
         "--data",

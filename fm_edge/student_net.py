@@ -225,6 +225,61 @@ def build(arch: str, **overrides) -> OneStepNet:
     return OneStepNet(**{**ARCHS[arch], **overrides})
 
 
+def check_growable(config, arch: str) -> None:
+    """A UsageError unless a net of ``config`` (a OneStepNet's config) can grow into the size ``arch``: a '-t'
+    name of :data:`ARCHS` with the same levels, blocks and patch, and as many channels or more at every level."""
+    if arch not in ARCHS or not ARCHS[arch].get("time_input"):
+        names = ", ".join(k for k, v in ARCHS.items() if v.get("time_input"))
+        raise UsageError(f"--grow-to {arch!r} is not a '-t' size: choose one of {names}")
+    import inspect
+
+    params = inspect.signature(OneStepNet.__init__).parameters.values()
+    new = {**{a.name: a.default for a in params if a.default is not a.empty}, **ARCHS[arch]}
+    old_chans, new_chans = tuple(config["block_out_channels"]), tuple(new["block_out_channels"])
+    levels = len(old_chans)
+
+    def shape(c) -> tuple:  # what must match: all but the channel counts
+        return (
+            c["patch_size"], c["in_channels"], c["out_channels"], _per_level(c["layers_per_block"], levels, "layers"),
+            _per_level(c["up_layers_per_block"], levels - 1, "up layers") if levels > 1 else (),
+        )  # fmt: skip
+
+    if (
+        len(new_chans) != levels
+        or any(n < o for n, o in zip(new_chans, old_chans))
+        or shape(config) != shape(new)
+    ):
+        raise UsageError(
+            f"--grow-to {arch}: a net grows only to as many channels or more at the same levels and blocks, and "
+            f"channels {list(old_chans)} with layers {config['layers_per_block']} do not grow into "
+            f"{list(new_chans)} with layers {new['layers_per_block']}"
+        )
+
+
+def grown(model: OneStepNet, arch: str) -> OneStepNet:
+    """``model`` in the wider size ``arch`` (:func:`check_growable`), drawing exactly what ``model`` draws: its
+    weights fill the first channels, every weight that reads a new channel is zero, and the weights that write
+    one keep their fresh initialisation, so training grows the new channels out of the trained net (as Net2Net
+    widens a net)."""
+    import torch
+
+    cfg = dict(model.config)
+    check_growable(cfg, arch)
+    keep = ("prediction", "time_input", "step_input", "default_step", "label_channels", "num_class_embeds")
+    new = build(arch, **{k: cfg[k] for k in keep})
+    state = new.state_dict()
+    with torch.no_grad():
+        for name, old in model.state_dict().items():
+            w = state[name]
+            if w.ndim == 4:  # conv [out, in, k, k]: reading a new input channel gives 0
+                w[:, old.shape[1] :] = 0
+                w[: old.shape[0], : old.shape[1]] = old
+            else:
+                w[: old.shape[0]] = old
+    new.load_state_dict(state)
+    return new.to(next(model.parameters()).device)
+
+
 def _with_new_plane(model: OneStepNet, **change) -> OneStepNet:
     """A copy of ``model`` with ``change`` in its config and one more input plane, last, with zero stem weights:
     the copy gives exactly ``model``'s output whatever that plane holds."""

@@ -98,14 +98,15 @@ def fresh_student(arch: str, out: Path) -> Path:
     return out
 
 
-def mean_flow_student(start: Path, out: Path) -> Path:
+def mean_flow_student(start: Path, out: Path, grow_to: str | None = None) -> Path:
     """A checkpoint folder of the net a meanflow run started from (its teacher, or its --init) with the
-    mean-flow step plane: the config the run's EMA copies need."""
+    mean-flow step plane (and grown to ``grow_to``): the config the run's EMA copies need."""
     from fm_edge.model import load
-    from fm_edge.student_net import with_step_input
+    from fm_edge.student_net import grown, with_step_input
 
     net = load(start, device="cpu")[0]
-    (net if net.config.step_input else with_step_input(net)).save_pretrained(out, safe_serialization=True)
+    net = net if net.config.step_input else with_step_input(net)
+    (grown(net, grow_to) if grow_to else net).save_pretrained(out, safe_serialization=True)
     shutil.copy2(start / "fm_edge.json", out / "fm_edge.json")
     return out
 
@@ -187,7 +188,9 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     if (run / "model").is_dir() and one_student:  # the run's own student has its config
         base = run / "model"
     elif meanflow:  # a run stopped before model/: its teacher's net with the step plane
-        base = mean_flow_student(Path(record.get("init") or record["teacher"]), scratch)
+        base = mean_flow_student(
+            Path(record.get("init") or record["teacher"]), scratch, record.get("grown_to")
+        )
     elif adversarial and record.get("init_t_plane"):  # a time-free init given its t plane: its '-t' size
         from fm_edge.model import read_fm_config
 

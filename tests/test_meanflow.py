@@ -270,6 +270,42 @@ def test_meanflow_init_starts_a_wider_student_and_a_next_stage(
         torch.testing.assert_close(first["state"][k], v)
 
 
+@pytest.fixture
+def tiny_wide(monkeypatch):
+    """A wider twin of tiny-digit-t in ARCHS: the same levels and blocks, more channels."""
+    from fm_edge.student_net import ARCHS
+
+    monkeypatch.setitem(ARCHS, "tiny-wide-digit-t", dict(ARCHS["tiny-digit-t"], block_out_channels=(12, 24)))
+    return "tiny-wide-digit-t"
+
+
+def test_grown_net_draws_the_same_and_its_new_channels_learn(tiny_wide):
+    from fm_edge.student_net import check_growable, grown
+
+    small = with_step_input(randomized(build("tiny-digit-t")))
+    wide = grown(small, tiny_wide)
+    assert tuple(wide.config.block_out_channels) == (12, 24) and wide.config.step_input
+    x, t, y = torch.randn(3, 1, 32, 32), torch.tensor([900.0, 500.0, 200.0]), torch.tensor([1, 2, 10])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            wide(x, t, y, step_size=0.25).sample, small(x, t, y, step_size=0.25).sample
+        )
+    wide(x, t, y).sample.square().mean().backward()
+    assert wide.conv_out.weight.grad[:, 8:].abs().sum() > 0  # the zero weights that read new channels move
+    for arch, match in (("s2-32-64-digit-t", "do not grow into"), ("tiny-digit", "is not a '-t' size")):
+        with pytest.raises(UsageError, match=match):
+            check_growable(dict(wide.config), arch)  # fewer channels; no t input
+
+
+def test_meanflow_grow_to_widens_the_start_net(flow_teacher, tiny_data, tmp_path, tiny_wide):
+    from fm_edge.model import load
+
+    folder = distill(mcfg(tmp_path / "run", flow_teacher, tiny_data, grow_to=tiny_wide), progress=False)
+    model, fm = load(folder)
+    assert tuple(model.config.block_out_channels) == (12, 24) and model.config.label_channels == 4
+    assert fm["preset"] == tiny_wide and fm["distillation"]["grown_to"] == tiny_wide
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -283,6 +319,12 @@ def test_meanflow_init_starts_a_wider_student_and_a_next_stage(
         (dict(init="TIMEFREE"), "--init .* must be a '-t' OneStepNet that predicts what the teacher does"),
         (dict(init="NOFOLDER"), "is not a folder"),
         (dict(method="pairs", init="TIMEFREE"), "--init is for --method adversarial or meanflow, not pairs"),
+        (dict(grow_to="s2-32-64-digit-t"), "--grow-to s2-32-64-digit-t: a net grows only to"),
+        (dict(grow_to="tiny-digit"), "--grow-to 'tiny-digit' is not a '-t' size"),
+        (
+            dict(method="regress", grow_to="tiny-digit-t"),
+            "--grow-to widens the start net of --method meanflow",
+        ),
     ],
 )
 def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny_ckpt, tiny_data, tmp_path):
