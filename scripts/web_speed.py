@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-UNET = ROOT / "fm_edge" / "checkpoints" / "compact-mnist-student" / "onnx" / "sampler.onnx"
+UNET = ROOT / "stages" / "compact-mnist-student" / "onnx" / "sampler.onnx"  # the retired 1-step UNet student
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The shipped one-step student: one network evaluation per digit in every format it ships in."""
+"""The retired UNet students (kept in stages/ with their ONNX files): one network evaluation per digit in every
+format the one-step student comes in, and their records."""
 
 import json
 
@@ -10,9 +11,10 @@ from fm_edge.backends import generate, make_noise, torch_backend
 from fm_edge.runtime import OnnxSampler
 from fm_edge.sampler_spec import SamplerSpec
 
-TEACHER_V11 = SHIPPED.parents[2] / "stages" / "compact-mnist-v1.1"  # the retired UNet teacher they come from
-STUDENT = SHIPPED.parent / "compact-mnist-student"
-STUDENT_4STEP = SHIPPED.parent / "compact-mnist-student-4step"
+STAGES = SHIPPED.parents[2] / "stages"
+TEACHER_V11 = STAGES / "compact-mnist-v1.1"  # the retired UNet teacher they come from
+STUDENT = STAGES / "compact-mnist-student"
+STUDENT_4STEP = STAGES / "compact-mnist-student-4step"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
