@@ -105,11 +105,11 @@ class DistillConfig:
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from an existing net: pass --init DIR")
-        elif self.init is not None and self.method != "meanflow":
-            raise UsageError(f"--init is for --method adversarial or meanflow, not {self.method}")
             for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
                 if not (weight >= 0 and math.isfinite(weight)):
                     raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+        elif self.init is not None and self.method != "meanflow":
+            raise UsageError(f"--init is for --method adversarial or meanflow, not {self.method}")
         if not 0 <= self.mean_share <= 1:
             raise UsageError(f"--mean-share must be in [0, 1], got {self.mean_share}")
         if any(k not in ADVERSARIAL_STEPS for k in self.mean_grid) or (
