@@ -30,8 +30,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from fm_edge.artifacts import FM_CONFIG
 from fm_edge.convention import IMAGE_SIZE, NULL_LABEL, PAD, T_SCALE, check_labels, decode_uint8
 from fm_edge.errors import UsageError
-from fm_edge.model import check_net_steps, model_class, read_fm_config
-from fm_edge.sampler_spec import SamplerSpec
+from fm_edge.model import model_class, read_fm_config
+from fm_edge.sampler_spec import SamplerSpec, check_net_steps
 from fm_edge.solvers import check_cfg, check_solver, time_grid
 
 logger = logging.get_logger(__name__)

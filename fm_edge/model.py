@@ -14,7 +14,7 @@ from fm_edge import __version__
 from fm_edge.artifacts import FM_CONFIG, SHIPPED, WEIGHTS
 from fm_edge.convention import CONVENTION, MODEL_SIZE, NUM_CLASS_EMBEDS, T_SCALE
 from fm_edge.errors import FmEdgeError, UsageError
-from fm_edge.sampler_spec import SamplerSpec
+from fm_edge.sampler_spec import SamplerSpec, check_net_steps
 
 _BASE = dict(
     sample_size=MODEL_SIZE,
@@ -160,30 +160,6 @@ def model_config(folder: str | os.PathLike) -> dict:
 def class_name(folder: str | os.PathLike) -> str:
     """config.json's ``_class_name`` (json only: no torch import)."""
     return str(model_config(folder).get("_class_name", "UNet2DModel"))
-
-
-def check_net_steps(
-    config, steps: int, flag: str = "--steps", solver: str = "euler", shift: float = 1.0
-) -> None:
-    """The step counts a OneStepNet (its config) runs: a time-free one exactly 1 step from t=1; a mean-flow
-    student (trained for steps of its ``default_step`` = 1/K) K Euler steps on the plain grid, or a multiple
-    mK (each step split in m, of length 1/(mK): between the trained lengths 0 and 1/K); a '-t' flow net any."""
-    if not config.get("time_input") and steps != 1:
-        raise UsageError(
-            f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
-        )
-    step = config.get("default_step")
-    if step and steps % round(1 / step):
-        k = round(1 / step)
-        raise UsageError(
-            f"{flag} {steps}: this mean-flow student learned steps of length 1/{k} and runs {k} steps or a "
-            f"multiple of {k} (distill it with --student-steps {steps} for {steps})"
-        )
-    if step and (solver != "euler" or shift != 1):
-        raise UsageError(
-            f"this mean-flow student takes Euler steps of length {step:g} on the plain grid: use solver euler "
-            f"and shift 1, not {solver} with shift {shift:g}"
-        )
 
 
 def folder_or_shipped(folder: str | os.PathLike | None) -> Path:

@@ -165,3 +165,27 @@ def shipped_teacher_spec() -> SamplerSpec:
         return checkpoint_spec(json.loads((SHIPPED / FM_CONFIG).read_text()))
     except (OSError, ValueError):
         return SamplerSpec()
+
+
+def check_net_steps(
+    config, steps: int, flag: str = "--steps", solver: str = "euler", shift: float = 1.0
+) -> None:
+    """The step counts a OneStepNet (its config) runs: a time-free one exactly 1 step from t=1; a mean-flow
+    student (trained for steps of its ``default_step`` = 1/K) K Euler steps on the plain grid, or a multiple
+    mK (each step split in m, of length 1/(mK): between the trained lengths 0 and 1/K); a '-t' flow net any."""
+    if not config.get("time_input") and steps != 1:
+        raise UsageError(
+            f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
+        )
+    step = config.get("default_step")
+    if step and steps % round(1 / step):
+        k = round(1 / step)
+        raise UsageError(
+            f"{flag} {steps}: this mean-flow student learned steps of length 1/{k} and runs {k} steps or a "
+            f"multiple of {k} (distill it with --student-steps {steps} for {steps})"
+        )
+    if step and (solver != "euler" or shift != 1):
+        raise UsageError(
+            f"this mean-flow student takes Euler steps of length {step:g} on the plain grid: use solver euler "
+            f"and shift 1, not {solver} with shift {shift:g}"
+        )

@@ -165,13 +165,13 @@ class OneStepNet(ModelMixin, ConfigMixin):
     def run_steps(self, steps: int) -> None:
         """Make a mean-flow student (``default_step`` 1/K) take steps of length 1/``steps`` wherever no step
         length is passed (samplers, export, pipeline); ``steps`` must be a multiple of its K
-        (as :func:`fm_edge.model.check_net_steps` says). Any other net is left as it is."""
+        (:func:`fm_edge.sampler_spec.check_net_steps`). Any other net is left as it is."""
+        from fm_edge.sampler_spec import check_net_steps
+
         if self.config.step_input and self.config.default_step:
-            k = round(1 / self.config.default_step)
-            if steps < 1 or steps % k:
-                raise UsageError(
-                    f"--steps {steps}: this mean-flow student runs {k} steps or a multiple of {k}"
-                )
+            if steps < 1:
+                raise UsageError(f"--steps {steps}: a sampler takes 1 step or more")
+            check_net_steps(self.config, steps)
             self._run_step = 1.0 / steps
 
     @property
