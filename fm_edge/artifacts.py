@@ -55,6 +55,13 @@ def weights_hash(folder: str | os.PathLike) -> str:
     return sha256(Path(folder) / WEIGHTS)
 
 
+def mean_flow_steps(meta: dict) -> int | None:
+    """The step count a mean-flow student's velocity.onnx was exported for (from its ``mean_flow_step``
+    metadata), or None for any other file."""
+    step = float(meta.get(MEAN_FLOW_STEP) or 0)
+    return round(1 / step) if step else None
+
+
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """metadata_props of an .onnx file, read without building a session (sampler graphs are slow to load)."""
     import onnx

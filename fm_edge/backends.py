@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fm_edge.artifacts import MEAN_FLOW_STEP
+from fm_edge.artifacts import mean_flow_steps
 from fm_edge.convention import MODEL_SIZE, check_labels, check_model_input, decode_uint8
 from fm_edge.errors import UsageError
 from fm_edge.sampler_spec import SamplerSpec
@@ -147,9 +147,8 @@ def match_step_length(backend: Backend, steps: int) -> None:
     module = (backend.info or {}).get("module")
     if hasattr(module, "run_steps"):
         module.run_steps(steps)
-    step = float(getattr(backend.velocity, "metadata", {}).get(MEAN_FLOW_STEP, 0) or 0)
-    if step and steps != round(1 / step):
-        k = round(1 / step)
+    k = mean_flow_steps(getattr(backend.velocity, "metadata", {}))
+    if k and steps != k:
         raise UsageError(
             f"--steps {steps}: this velocity.onnx is a mean-flow student exported for {k} steps (length "
             f"1/{k}): sample it with --steps {k}, export its checkpoint with --sampler-steps {steps}, or use "

@@ -23,7 +23,7 @@ BACKENDS = ("auto", "torch", "onnx", "torchao")
 def exported_onnx(model, steps: int | None = None) -> Path | None:
     """The checkpoint's ``onnx/velocity.onnx`` when it was exported from the same weights (and, for a mean-flow
     student, for ``steps`` steps when given), else None."""
-    from fm_edge.artifacts import MEAN_FLOW_STEP, VELOCITY_FILE, onnx_metadata, weights_hash
+    from fm_edge.artifacts import VELOCITY_FILE, mean_flow_steps, onnx_metadata, weights_hash
     from fm_edge.model import resolve
 
     ckpt = resolve(model)
@@ -31,8 +31,8 @@ def exported_onnx(model, steps: int | None = None) -> Path | None:
     if not path.is_file():
         return None
     meta = onnx_metadata(path)
-    step = float(meta.get(MEAN_FLOW_STEP) or 0)
-    if steps is not None and step and round(1 / step) != steps:
+    k = mean_flow_steps(meta)
+    if steps is not None and k and k != steps:
         return None
     return path if meta.get("checkpoint_sha256") == weights_hash(ckpt) else None
 
