@@ -60,13 +60,12 @@ def tiny_onnx(tiny_ckpt, tmp_path_factory) -> Path:
 
 
 def set_onnx_metadata(src: Path, dst: Path, **values: str) -> Path:
-    """Copy an .onnx file with some metadata_props changed (e.g. another checkpoint_sha256)."""
+    """Copy an .onnx file with some metadata_props changed or added (e.g. another checkpoint_sha256)."""
     import onnx
 
     m = onnx.load(str(src))
-    for p in m.metadata_props:
-        if p.key in values:
-            p.value = values[p.key]
+    props = {**{p.key: p.value for p in m.metadata_props}, **values}
+    onnx.helper.set_model_props(m, props)
     onnx.save(m, str(dst))
     return dst
 

@@ -436,6 +436,28 @@ def test_laptop_mode_cli_serves_without_torch(demo_onnx, tmp_path):
         log.close()
 
 
+def test_mean_flow_export_locks_the_steps_slider_at_its_step_count(demo_onnx, tmp_path):
+    """A mean-flow student's export runs only the step count baked into it: the slider shows that, locked."""
+    import gradio as gr
+    from conftest import set_onnx_metadata
+
+    from fm_edge.artifacts import MEAN_FLOW_STEP
+    from fm_edge.demo.command import build_demo
+
+    def steps_slider(folder):
+        demo = build_demo(folder, reference=False, num_threads=1)
+        (s,) = [
+            c for c in demo.blocks.values() if isinstance(c, gr.Slider) and c.label.startswith("ODE steps")
+        ]
+        return s
+
+    for name in (FP32_FILE, INT8_FILE):
+        set_onnx_metadata(demo_onnx / name, tmp_path / name, **{MEAN_FLOW_STEP: repr(1 / 2)})
+    locked, free = steps_slider(tmp_path), steps_slider(demo_onnx)
+    assert (locked.value, locked.interactive) == (2, False) and "exported for 2 steps" in locked.label
+    assert free.interactive is not False and free.label == "ODE steps"
+
+
 # --- the one-step student column ---
 
 

@@ -19,9 +19,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
+from fm_edge.artifacts import mean_flow_steps, onnx_metadata  # noqa: E402
 from fm_edge.demo.compare import compare, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, field_errors, parse  # noqa: E402
-from fm_edge.demo.models import NAMES, DemoModels, load_models  # noqa: E402
+from fm_edge.demo.models import FP32_FILE, NAMES, DemoModels, load_models  # noqa: E402
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
 from fm_edge.solvers import MAX_CFG, SOLVERS, nfe  # noqa: E402
 
@@ -174,6 +175,16 @@ def _header(models: DemoModels) -> str:
     )
 
 
+def _steps_slider(models: DemoModels) -> gr.Slider:
+    """The ODE-steps control; fixed at K for a mean-flow student's export, whose step length is baked in."""
+    k = mean_flow_steps(onnx_metadata(models.folder / FP32_FILE))
+    if k:
+        label = f"ODE steps (fixed: a mean-flow student exported for {k} steps)"
+        return gr.Slider(0, MAX_STEPS, value=k, step=1, label=label, interactive=False)
+    value = min(max(models.sampler.steps, 1), MAX_STEPS)
+    return gr.Slider(0, MAX_STEPS, value=value, step=1, label="ODE steps")
+
+
 def build_demo(
     model_dir=None,
     checkpoint=None,
@@ -203,9 +214,7 @@ def build_demo(
                 # the sliders start at 0, not 1: a typed 0 then reaches the validator and is refused in words,
                 # where a slider starting at 1 would silently clamp it
                 num = gr.Slider(0, MAX_SAMPLES, value=16, step=1, label="number of samples", elem_id="num")
-                steps = gr.Slider(
-                    0, MAX_STEPS, value=min(max(rec.steps, 1), MAX_STEPS), step=1, label="ODE steps"
-                )
+                steps = _steps_slider(models)
                 solver = gr.Dropdown(list(SOLVERS), value=rec.solver, label="solver")
                 cfg = gr.Slider(0.0, MAX_CFG, value=rec.cfg_scale, step=0.1, label="CFG scale (1 = off)")
                 with gr.Row():
