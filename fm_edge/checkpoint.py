@@ -33,6 +33,17 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def refuse_other_run(output_dir: Path, resume: str | None) -> None:
+    """A fresh run (no ``--resume``) into a folder that holds an earlier run's checkpoints would delete them as it
+    saves its own: a UsageError instead."""
+    latest = latest_checkpoint(output_dir) if resume is None else None
+    if latest is not None:
+        raise UsageError(
+            f"{str(output_dir)!r} holds {latest.name} of an earlier run: pass --resume latest to continue it, "
+            "or write this run to another output dir"
+        )
+
+
 def optimizer_tensors(sd: dict) -> tuple[dict, dict]:
     """An optimizer state_dict as safetensors tensors + string metadata (no pickle)."""
     import torch

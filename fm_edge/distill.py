@@ -870,11 +870,13 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     teacher, fm, s = teacher_settings(cfg)
     from fm_edge.atomic import prepare_output_dir, remove_leftovers
     from fm_edge.backends import torch_device
+    from fm_edge.checkpoint import refuse_other_run
 
     device = torch_device(cfg.device)
     method = METHODS[cfg.method](cfg, teacher, s, device, Path(cfg.output_dir), resume)
     method.check()
     out, _ = prepare_output_dir(cfg.output_dir)
+    refuse_other_run(out, resume)
     import torch
     from diffusers.training_utils import EMAModel
 

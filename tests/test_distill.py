@@ -289,6 +289,19 @@ def test_a_student_or_a_non_checkpoint_is_no_teacher(student, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_fresh_run_into_an_earlier_runs_folder_is_refused(student, tiny_ckpt, capsys):
+    """Without --resume it would delete the earlier run's checkpoints as it saved its own."""
+    from fm_edge.cli import main
+
+    kept = sorted(p.name for p in student.parent.glob("checkpoint-*"))
+    argv = ["distill", "--method", "pairs", "--teacher", str(tiny_ckpt), "--cfg-scale", "1.5"]
+    argv += ["--pairs", "24", "--batch-size", "8", "--max-steps", "4", "-o", str(student.parent)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass --resume latest to continue it" in err
+    assert sorted(p.name for p in student.parent.glob("checkpoint-*")) == kept and kept
+
+
 def test_resume_with_other_settings_is_refused(student, tiny_ckpt):
     with pytest.raises(UsageError, match="student_steps=1"):
         distill(cfg(student.parent, tiny_ckpt, student_steps=2), resume="latest", progress=False)

@@ -69,6 +69,14 @@ def test_resume_continues_the_same_run(tmp_path, tiny_data):
         torch.testing.assert_close(wa[k], wb[k])
 
 
+def test_a_fresh_run_into_an_earlier_runs_folder_is_refused_and_keeps_its_checkpoints(tmp_path, tiny_data):
+    train(cfg(tmp_path, tiny_data, max_steps=4), progress=False)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("checkpoint-*/*")}
+    with pytest.raises(UsageError, match="holds checkpoint-4 of an earlier run: pass --resume latest"):
+        train(cfg(tmp_path, tiny_data), progress=False)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("checkpoint-*/*")} == before
+
+
 def test_latest_checkpoint_ignores_incomplete_folders(tmp_path, tiny_data):
     train(cfg(tmp_path, tiny_data, max_steps=4), progress=False)
     (tmp_path / "checkpoint-8").mkdir()  # a folder without state.json is not a complete checkpoint
