@@ -137,13 +137,13 @@ def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) ->
         # autotuned conv kernels: faster, but a resumed GPU run then matches the straight one only
         # statistically (on CPU it is bit-exact)
         torch.backends.cudnn.benchmark = True
+    images, labels = load_split(cfg.data, "train", limit=cfg.limit)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(out)
         refuse_other_run(out, resume)
         for name in ("checkpoint-*", "model"):  # what a killed run was writing
             remove_leftovers(out, name)
-    images, labels = load_split(cfg.data, "train", limit=cfg.limit)
     # the whole dataset on the device, uploaded once; batches are gathered there by index
     x_all = torch.from_numpy(encode_uint8(images)).to(device)
     y_all = torch.from_numpy(labels).to(device)
