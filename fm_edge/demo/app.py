@@ -19,10 +19,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from fm_edge.artifacts import mean_flow_steps, onnx_metadata  # noqa: E402
+from fm_edge.artifacts import mean_flow_steps  # noqa: E402
 from fm_edge.demo.compare import compare, heatmap, tile  # noqa: E402
 from fm_edge.demo.inputs import DIGITS, MAX_SAMPLES, MAX_SEED, MAX_STEPS, field_errors, parse  # noqa: E402
-from fm_edge.demo.models import FP32_FILE, NAMES, DemoModels, load_models  # noqa: E402
+from fm_edge.demo.models import NAMES, DemoModels, load_models  # noqa: E402
 from fm_edge.errors import FmEdgeError, UsageError  # noqa: E402
 from fm_edge.solvers import MAX_CFG, SOLVERS, nfe  # noqa: E402
 
@@ -177,7 +177,7 @@ def _header(models: DemoModels) -> str:
 
 def _steps_slider(models: DemoModels) -> gr.Slider:
     """The ODE-steps control; fixed at K for a mean-flow student's export, whose step length is baked in."""
-    k = mean_flow_steps(onnx_metadata(models.folder / FP32_FILE))
+    k = mean_flow_steps(models.fp32.velocity.metadata)  # the session's, read when it loaded
     if k:
         label = f"ODE steps (fixed: a mean-flow student exported for {k} steps)"
         return gr.Slider(0, MAX_STEPS, value=k, step=1, label=label, interactive=False)
