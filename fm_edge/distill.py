@@ -76,6 +76,7 @@ class DistillConfig:
     mean_grid: tuple[
         int, ...
     ] = ()  # meanflow: step rows take the steps of these K-step samplers (): any r < t
+    mean_weight_power: float = 0.0  # meanflow: adaptive loss weighting 1 / (error + c)^p (0: plain MSE)
     rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
@@ -117,6 +118,10 @@ class DistillConfig:
         ):
             raise UsageError(
                 f"--mean-grid takes step counts 1, 2, 4 or 8 of --method meanflow, got {self.mean_grid}"
+            )
+        if not (0 <= self.mean_weight_power <= 2) or (self.mean_weight_power and self.method != "meanflow"):
+            raise UsageError(
+                f"--mean-weight-power takes a power in [0, 2] of --method meanflow, got {self.mean_weight_power}"
             )
         if self.grow_to is not None and self.method != "meanflow":
             raise UsageError(f"--grow-to widens the start net of --method meanflow, not {self.method}")
@@ -788,7 +793,10 @@ class MeanFlow(Method):
         self.real_y = torch.from_numpy(self.labels).to(self.device)
         self.order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed)
         record.update(
-            data=self.cfg.data or HUB_ID, mean_share=self.cfg.mean_share, mean_grid=list(self.cfg.mean_grid)
+            data=self.cfg.data or HUB_ID,
+            mean_share=self.cfg.mean_share,
+            mean_grid=list(self.cfg.mean_grid),
+            mean_weight_power=self.cfg.mean_weight_power,
         )
         if self.init is not None:
             from fm_edge.artifacts import weights_hash
@@ -822,8 +830,9 @@ class MeanFlow(Method):
         x0, y = self.real[idx], self.real_y[idx]
         cfg = self.cfg
         loss = meanflow_loss(
-            self.model, self.teacher_v, x0, y, gen, cfg.mean_share, self.t_floor, cfg.mean_grid
-        )
+            self.model, self.teacher_v, x0, y, gen, cfg.mean_share, self.t_floor, cfg.mean_grid,
+            cfg.mean_weight_power,
+        )  # fmt: skip
         return loss, len(idx)
 
     def finish(self, model) -> None:
@@ -932,6 +941,9 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     return _write_student(out, model, ema, cfg, state, fm, state.get("record", record), method)
 
 
+RECORD_DEFAULTS = {"mean_weight_power": 0.0}  # what a record written before the key existed meant
+
+
 def _check_same_run(out: Path, old: dict, record: dict) -> None:
     """A resumed run must distill the same teacher, the same way."""
     for key in (
@@ -943,10 +955,11 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "init_sha256",
         "mean_share",
         "mean_grid",
+        "mean_weight_power",
         "grown_to",
         "data",
     ):
-        if old.get(key) != record.get(key):
+        if old.get(key, RECORD_DEFAULTS.get(key)) != record.get(key):
             raise UsageError(
                 f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record.get(key)!r}: "
                 "use another -o folder"
@@ -1059,6 +1072,11 @@ def add_arguments(p) -> None:
         "--mean-grid", type=int, nargs="+", default=(),
         help="meanflow: the step rows take the steps of these K-step Euler samplers (t on the K grid, h = 1/K) "
         "instead of steps of random length; the student's own K alone trained best (docs/training.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mean-weight-power", type=float, default=DistillConfig.mean_weight_power,
+        help="meanflow: adaptive loss weighting, each row's error weighted by 1 / (error + c)^p (0.5: every row's "
+        "gradient the same size; 1: MeanFlow's choice; 0: plain mean squared error)",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,

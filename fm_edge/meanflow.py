@@ -11,12 +11,19 @@ The flow learned here is a teacher's guided velocity field, v = v_null + w (v_la
 flow net at the points z_t = (1 - t) x0 + t x1 of real digits x0 and noise x1, so the student folds the
 guidance in, as the other distilled students do. A share ``1 - mean_share`` of the rows has h = 0, where the
 target is the teacher's velocity itself.
+
+With ``weight_power`` p > 0 each row's squared error e is weighted by 1 / (e + c)^p (no gradient through the
+weight), the paper's adaptive loss weighting: p = 0.5 gives every row a gradient of the same size (a robust L2
+norm, as the pseudo-Huber loss of consistency training), so rows far off stop dominating the batch; p = 1 (the
+paper's choice) is about a loss on the log of each row's error.
 """
 
 from __future__ import annotations
 
 from fm_edge.convention import T_SCALE
 from fm_edge.flow import floor_weighted, interpolate
+
+ADAPTIVE_C = 1e-4  # keeps the adaptive weight finite for rows the student already gets right
 
 
 def mean_velocity_target(student, z, t, h, v, labels):
@@ -39,6 +46,7 @@ def meanflow_loss(
     mean_share: float,
     t_floor: float | None,
     grid: tuple[int, ...] = (),
+    weight_power: float = 0.0,
 ):
     """Mean squared error of the student's average velocity against its mean-flow target, on a batch of real
     digits ``x0`` [B, 1, 32, 32] with their ``labels``; ``teacher_v(x, t, labels)`` is the guided teacher.
@@ -48,6 +56,8 @@ def meanflow_loss(
     grid times 1, 1 - 1/K, ..., 1/K, h = 1/K): the steps the shipped samplers take. All randomness comes from
     ``generator`` (on the CPU), so a resumed run repeats it. ``t_floor`` (a digit-drawing student,
     :data:`fm_edge.flow.DIGIT_T_FLOOR`) scales the error below it by t / t_floor, as the flow loss does.
+    ``weight_power`` > 0 weights rows adaptively (module docstring), normalised so the loss stays a mean
+    squared error in the same units.
     """
     import torch
 
@@ -68,4 +78,8 @@ def meanflow_loss(
     with torch.no_grad():
         v = teacher_v(z, t, labels)
     u, target = mean_velocity_target(student, z, t, h, v, labels)
-    return floor_weighted(u.float() - target.float(), t, t_floor).square().mean()
+    per_row = floor_weighted(u.float() - target.float(), t, t_floor).square().flatten(1).mean(1)
+    if weight_power:
+        w = (per_row.detach() + ADAPTIVE_C) ** -weight_power
+        per_row = per_row * (w / w.mean())
+    return per_row.mean()

@@ -361,3 +361,41 @@ def test_meanflow_sigkill_then_resume_gives_the_uninterrupted_run(flow_teacher, 
                        capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_run(straight.parent, run, 4)
+
+
+def test_adaptive_weighting_evens_out_the_rows_pull(monkeypatch):
+    """p = 0 is the plain mean squared error; with p = 0.5 each row's gradient has the same size whatever its
+    error (a row 100x further off pulls as hard as one close by, not 10x harder)."""
+    import fm_edge.meanflow as mf
+
+    off = torch.tensor([0.1, 1.0, 10.0, 10.0]).view(4, 1, 1, 1)
+    grads = {}
+
+    def fixed_error(student, z, t, h, v, labels):
+        u = (v + off * torch.ones_like(v)).requires_grad_()
+        grads["u"] = u
+        return u, v
+
+    monkeypatch.setattr(mf, "mean_velocity_target", fixed_error)
+    x0, y = torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)
+    teacher = lambda z, t, labels: torch.zeros_like(z)  # noqa: E731
+    for p in (0.0, 0.5):
+        loss = mf.meanflow_loss(
+            None, teacher, x0, y, torch.Generator().manual_seed(0), 0.5, None, weight_power=p
+        )
+        if p == 0:
+            torch.testing.assert_close(loss, off.square().mean())
+        loss.backward()
+        norms = grads["u"].grad.flatten(1).norm(dim=1)
+        ratio = float(norms[2] / norms[0])
+        assert (abs(ratio - 100) < 1) if p == 0 else (abs(ratio - 1) < 0.01), (p, ratio)
+
+
+def test_adaptive_weighting_is_a_meanflow_setting_in_its_range(flow_teacher, tiny_data, tmp_path):
+    for kw, match in (
+        (dict(mean_weight_power=-0.5), r"--mean-weight-power takes a power in \[0, 2\]"),
+        (dict(method="regress", mean_weight_power=1.0), "of --method meanflow"),
+    ):
+        with pytest.raises(UsageError, match=match):
+            distill(mcfg(tmp_path / "out", flow_teacher, tiny_data, **kw), progress=False)
+        assert not (tmp_path / "out").exists()
