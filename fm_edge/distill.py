@@ -959,7 +959,8 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "grown_to",
         "data",
     ):
-        if old.get(key, RECORD_DEFAULTS.get(key)) != record.get(key):
+        default = RECORD_DEFAULTS.get(key)
+        if old.get(key, default) != record.get(key, default):
             raise UsageError(
                 f"--resume: {out} was distilled with {key}={old.get(key)!r}, not {record.get(key)!r}: "
                 "use another -o folder"
