@@ -55,11 +55,17 @@ def weights_hash(folder: str | os.PathLike) -> str:
     return sha256(Path(folder) / WEIGHTS)
 
 
+def steps_of_length(step) -> int | None:
+    """K for a mean-flow step length 1/K (a number or its text); None for 0 or none, a net that takes steps of
+    any length or none."""
+    step = float(step or 0)
+    return round(1 / step) if step else None
+
+
 def mean_flow_steps(meta: dict) -> int | None:
     """The step count a mean-flow student's velocity.onnx was exported for (from its ``mean_flow_step``
     metadata), or None for any other file."""
-    step = float(meta.get(MEAN_FLOW_STEP) or 0)
-    return round(1 / step) if step else None
+    return steps_of_length(meta.get(MEAN_FLOW_STEP))
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fm_edge.artifacts import SHIPPED
-from fm_edge.sampler_spec import SamplerSpec, baked_steps
+from fm_edge.artifacts import SHIPPED, steps_of_length
+from fm_edge.sampler_spec import SamplerSpec
 
 #: The Hub's front matter: library and task, and diffusers' ``diffusers:<pipeline class>`` tag.
 TAGS = ["flow-matching", "mnist", "class-conditional", "fm-edge", "diffusers:FmEdgePipeline"]
@@ -35,7 +35,7 @@ def _what(folder: Path, config: dict) -> tuple[str, str]:
             "A class-conditional diffusers `UNet2DModel` trained with the flow-matching (velocity) objective.",
         )
     if cfg.get("step_input"):
-        k = baked_steps(cfg)
+        k = steps_of_length(cfg.get("default_step"))
         runs = (
             f"runs {k} Euler step{'s' if k != 1 else ''} of length 1/{k} (or a multiple of {k}, each step split)"
             if k

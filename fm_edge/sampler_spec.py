@@ -167,13 +167,6 @@ def shipped_teacher_spec() -> SamplerSpec:
         return SamplerSpec()
 
 
-def baked_steps(config) -> int | None:
-    """K of a mean-flow student's config (trained for steps of ``default_step`` = 1/K); None for any other
-    net, which takes steps of any length or none."""
-    step = config.get("default_step")
-    return round(1 / step) if step else None
-
-
 def check_net_steps(
     config, steps: int, flag: str = "--steps", solver: str = "euler", shift: float = 1.0
 ) -> None:
@@ -184,7 +177,10 @@ def check_net_steps(
         raise UsageError(
             f"{flag} {steps}: this one-step student (OneStepNet, no time input) runs exactly 1 step"
         )
-    step, k = config.get("default_step"), baked_steps(config)
+    from fm_edge.artifacts import steps_of_length
+
+    step = config.get("default_step")
+    k = steps_of_length(step)
     if k and steps % k:
         raise UsageError(
             f"{flag} {steps}: this mean-flow student learned steps of length 1/{k} and runs {k} steps or a "
