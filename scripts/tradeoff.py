@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     rows = {n: {"name": n, "file": str(s.path), "sha256": sha256(s.path), "metadata": {
         k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
                                         "precision", "checkpoint_sha256")}} for n, s in samplers.items()}  # fmt: skip
-    siblings = fp32_siblings(samplers)
+    siblings = {r["name"]: fp32 for fp32, r in int8_pairs(list(rows.values())).items()}
     for b in (int(v) for v in args.batch_sizes.split(",")):
         noise, labels = make_noise(b, 0), default_labels(b)
         fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
@@ -114,17 +114,17 @@ def copy_quality(earlier: dict, rows: dict) -> int:
     return earlier["quality_samples"]
 
 
-def fp32_siblings(samplers: dict) -> dict[str, str]:
-    """{int8 row: fp32 row} for every ``sampler_int8.onnx`` whose folder's ``sampler.onnx`` is also timed."""
-    by_path = {Path(s.path).resolve(): name for name, s in samplers.items()}
-    out = {}
-    for name, s in samplers.items():
-        path = Path(s.path).resolve()
-        if path.name.endswith("_int8.onnx"):
-            sibling = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
-            if sibling is not None:
-                out[name] = sibling
-    return out
+def int8_pairs(rows: list[dict]) -> dict[str, dict]:
+    """{fp32 row name: int8 row} for the rows of an output whose files are a folder's ``sampler.onnx`` and
+    ``sampler_int8.onnx`` (outputs from before ``fp32_sibling`` was recorded included)."""
+    by_path = {Path(r["file"]).resolve(): r["name"] for r in rows}
+    pairs = {}
+    for r in rows:
+        path = Path(r["file"]).resolve()
+        fp32 = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
+        if path.name.endswith("_int8.onnx") and fp32 is not None:
+            pairs[fp32] = r
+    return pairs
 
 
 def markdown(out: dict) -> str:
@@ -152,26 +152,46 @@ def markdown(out: dict) -> str:
 
 
 def plot(out: dict, path: Path) -> None:
+    """Digits per second against FD / floor at each batch size: one colour per model, its fp32 file an open
+    circle and its int8 file a filled one, joined by an arrow; names in a legend, not on the points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from fm_edge.atomic import atomic_file
     from fm_edge.bench import plain_log_ticks
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, b in zip(axes, (1, 64)):
-        for r in out["rows"]:
-            ax.scatter(r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"], s=50)
-            ax.annotate(r["name"], (r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        ax.set(xscale="log", yscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
+    rows = {r["name"]: r for r in out["rows"]}
+    int8_of = int8_pairs(out["rows"])
+    paired = {r["name"] for r in int8_of.values()}
+    models = [n for n in rows if n not in paired]  # fp32 files and unpaired ones, in order
+    colours = dict(zip(models, plt.get_cmap("tab10").colors))
+    batches = [k[len("ms_per_image_b") :] for k in out["rows"][0] if k.startswith("ms_per_image_b")]
+    fig, axes = plt.subplots(1, len(batches), figsize=(1 + 5.5 * len(batches), 4.4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+
+        def point(r, b=b):
+            return r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"]
+
+        for name in models:
+            c = colours[name]
+            ax.scatter(*point(rows[name]), s=55, facecolors="white", edgecolors=[c], linewidths=1.8, zorder=3)
+            if name in int8_of:
+                ax.scatter(*point(int8_of[name]), s=55, color=c, zorder=3)
+                ax.annotate("", point(int8_of[name]), point(rows[name]),
+                            arrowprops={"arrowstyle": "->", "color": c, "shrinkA": 5, "shrinkB": 5})  # fmt: skip
+        ax.set(xscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
                ylabel="FD / FD of real digits (lower is better)", title=f"batch {b}")  # fmt: skip
         ax.grid(alpha=0.3)
         plain_log_ticks(ax.xaxis)
+    handles = [Line2D([], [], ls="", marker="o", color=colours[n], label=n) for n in models]
+    handles += [Line2D([], [], ls="", marker="o", mfc="white", mec="grey", label="fp32 sampler.onnx"),
+                Line2D([], [], ls="", marker="o", color="grey", label="int8 sampler_int8.onnx")]  # fmt: skip
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.suptitle(f"{out['cpu']} ({out['int8_path']}), onnxruntime {out['onnxruntime']}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

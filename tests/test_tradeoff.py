@@ -1,0 +1,67 @@
+"""scripts/tradeoff.py on the tiny sampler: each int8 file is paired with the fp32 file beside it, quality
+columns carry over from an earlier output by file hash, and the plot has one panel per batch size."""
+
+import json
+import shutil
+
+import pytest
+from conftest import load_script
+from PIL import Image
+
+
+@pytest.fixture()
+def pair(tiny_onnx, tmp_path):
+    """A folder with sampler.onnx and a sampler_int8.onnx beside it (the same network: only the pairing and
+    the plumbing are under test), and a lone file elsewhere as the baseline."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_onnx / "sampler.onnx", folder / "sampler.onnx")
+    shutil.copy(tiny_onnx / "sampler.onnx", folder / "sampler_int8.onnx")
+    base = tmp_path / "first_release.onnx"
+    shutil.copy(tiny_onnx / "sampler.onnx", base)
+    return base, folder
+
+
+def test_pairs_int8_with_its_fp32_file_and_plots_from_earlier_quality(pair, tmp_path):
+    tradeoff = load_script("tradeoff")
+    base, folder = pair
+    files = [f"base={base}", f"m={folder / 'sampler.onnx'}", f"m8={folder / 'sampler_int8.onnx'}"]
+    timed = tmp_path / "timed.json"
+    common = ["--rounds", "1", "--batch-sizes", "1,2", "--num-threads", "1"]
+    assert tradeoff.main([*files, "-o", str(timed), "--quality-samples", "0", *common]) == 0
+    rows = {r["name"]: r for r in json.loads(timed.read_text())["rows"]}
+    assert rows["m8"]["fp32_sibling"] == "m"
+    assert {"int8_over_fp32_b1", "int8_over_fp32_b2"} <= rows["m8"].keys()
+    assert "fp32_sibling" not in rows["m"] and "fp32_sibling" not in rows["base"]
+    assert rows["base"]["speedup_vs_base_b1"] == 1.0
+
+    # quality measured elsewhere (here: written in), carried over by sha256, then the plot
+    earlier = json.loads(timed.read_text())
+    for i, r in enumerate(earlier["rows"]):
+        r.update(fd=10.0 + i, fd_floor=2.0, label_accuracy=0.99)
+    earlier["quality_samples"] = 1000
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    out, png = tmp_path / "out.json", tmp_path / "plot.png"
+    argv = [*files, "-o", str(out), "--plot", str(png), "--quality-from", str(tmp_path / "earlier.json")]
+    assert tradeoff.main([*argv, *common]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["m8"]["fd"] == 12.0 and rows["m8"]["fd_floor"] == 2.0
+    assert tradeoff.int8_pairs(list(rows.values())) == {"m": rows["m8"]}
+    assert Image.open(png).size[0] > Image.open(png).size[1] * 2  # two panels side by side and a legend
+
+    one = json.loads(out.read_text())
+    for r in one["rows"]:
+        del r["ms_per_image_b2"], r["images_per_s_b2"]
+    tradeoff.plot(one, tmp_path / "one.png")
+    assert Image.open(tmp_path / "one.png").size[0] < Image.open(png).size[0]  # a batch-1 run: one panel
+
+
+def test_quality_from_an_output_without_the_file_is_one_line(pair, tmp_path):
+    tradeoff = load_script("tradeoff")
+    base, folder = pair
+    (tmp_path / "earlier.json").write_text(json.dumps({"rows": [], "quality_samples": 10}))
+    argv = [f"base={base}", f"m={folder / 'sampler.onnx'}", "-o", str(tmp_path / "o.json"), "--rounds", "1",
+            "--batch-sizes", "1", "--num-threads", "1", "--quality-from", str(tmp_path / "earlier.json")]  # fmt: skip
+    with pytest.raises(SystemExit, match="no quality for base, m"):
+        tradeoff.main(argv)
+    assert not (tmp_path / "o.json").exists()
