@@ -5,8 +5,8 @@
 
 Both folders must hold the same config.json (a fine-tune and its starting point, say). The output is B's
 folder (config, fm_edge.json, card) with the averaged weights, and B's ``distillation`` (or ``training``)
-record in fm_edge.json (or the file itself) gains ``weight_average``: both parents, their weight hashes and
-the weight. Interpolating between a student and its fine-tune trades their figures (FD against label
+record in fm_edge.json (or the file itself) gains ``weight_average``: both parents, their weight hashes, the
+weight and A's own record (``a_record``). Interpolating between a student and its fine-tune trades their figures (FD against label
 accuracy, say) without training. The output folder appears whole or not at all.
 """
 
@@ -26,6 +26,11 @@ from fm_edge.atomic import atomic_dir  # noqa: E402
 from fm_edge.errors import UsageError  # noqa: E402
 
 
+def made_by(fm: dict) -> dict | None:
+    """A folder's record of how it was made: its ``distillation`` or ``training`` block, if it has one."""
+    return next((fm[k] for k in ("distillation", "training") if isinstance(fm.get(k), dict)), None)
+
+
 def average(a: Path, b: Path, weight: float, out: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
@@ -41,10 +46,13 @@ def average(a: Path, b: Path, weight: float, out: Path) -> Path:
     if not (b / FM_CONFIG).is_file():
         raise UsageError(f"{b} has no {FM_CONFIG}: B must be an fm-edge checkpoint folder")
     fm = json.loads((b / FM_CONFIG).read_text())
-    # the record of how B was made gains the average (a folder without one gets it at the top level)
-    rec = next((fm[k] for k in ("distillation", "training") if isinstance(fm.get(k), dict)), fm)
+    # the record of how B was made gains the average (a folder without one gets it at the top level), and A's
+    # record beside it: B's settings alone would not say how the other half was made
+    rec = made_by(fm) or fm
     rec["weight_average"] = {"a": str(a), "a_sha256": weights_hash(a), "b": str(b), "b_sha256": weights_hash(b),
                              "b_weight": weight, "formula": "(1 - b_weight) * a + b_weight * b"}  # fmt: skip
+    if (a / FM_CONFIG).is_file() and (a_rec := made_by(json.loads((a / FM_CONFIG).read_text()))):
+        rec["weight_average"]["a_record"] = a_rec
     with atomic_dir(out) as tmp:  # a killed run leaves no half folder under the final name
         shutil.copytree(b, tmp, ignore=shutil.ignore_patterns("onnx", WEIGHTS), dirs_exist_ok=True)
         save_file({k: ((1 - weight) * wa[k] + weight * wb[k]).contiguous() for k in wa}, tmp / WEIGHTS)

@@ -354,8 +354,8 @@ def test_two_step_student_runs_two_unet_calls(tiny_ckpt, tmp_path):
 
 
 def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt, tmp_path):
-    """scripts/average_weights.py: (1 - w) A + w B per parameter, B's folder and record plus both hashes;
-    another architecture, a weight outside [0, 1] or an existing output folder are refused."""
+    """scripts/average_weights.py: (1 - w) A + w B per parameter, B's folder and record plus both hashes and
+    A's record; another architecture, a weight outside [0, 1] or an existing output folder are refused."""
     import shutil
 
     from conftest import load_script
@@ -367,16 +367,22 @@ def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt,
     b = tmp_path / "b"
     shutil.copytree(tiny_ckpt, b)
     fm = json.loads((b / "fm_edge.json").read_text())
-    fm.setdefault("training", {})
+    fm["training"] = {"seed": 7}
     (b / "fm_edge.json").write_text(json.dumps(fm))
+    fm["training"] = {"seed": 3}
+    a = tmp_path / "a"
+    shutil.copytree(tiny_ckpt, a)
+    (a / "fm_edge.json").write_text(json.dumps(fm))
     wa = load_file(tiny_ckpt / WEIGHTS)
     save_file({k: v + 1.0 for k, v in wa.items()}, b / WEIGHTS)
-    out = mod.average(tiny_ckpt, b, 0.25, tmp_path / "soup")
+    out = mod.average(a, b, 0.25, tmp_path / "soup")
     soup = load_file(out / WEIGHTS)
     assert all(torch.allclose(soup[k], wa[k] + 0.25) for k in wa)
-    rec = json.loads((out / "fm_edge.json").read_text())["training"]["weight_average"]
+    training = json.loads((out / "fm_edge.json").read_text())["training"]
+    rec = training["weight_average"]
     assert rec["a_sha256"] == weights_hash(tiny_ckpt) and rec["b_sha256"] == weights_hash(b)
     assert rec["b_weight"] == 0.25
+    assert training["seed"] == 7 and rec["a_record"] == {"seed": 3}  # B's record, and A's beside it
     with pytest.raises(UsageError, match="exists"):
         mod.average(tiny_ckpt, b, 0.25, tmp_path / "soup")
     with pytest.raises(UsageError, match="not in"):
