@@ -127,10 +127,15 @@ def int8_pairs(rows: list[dict]) -> dict[str, dict]:
     return pairs
 
 
+def batch_sizes(out: dict) -> list[str]:
+    """The batch sizes an output was timed at, as written in its column names."""
+    return [k[len("ms_per_image_b") :] for k in out["rows"][0] if k.startswith("ms_per_image_b")]
+
+
 def markdown(out: dict) -> str:
     """The table as markdown: ms per digit at each batch, speed against the baseline and int8 against its
     fp32 sibling, and the quality columns when they were measured."""
-    batches = [k[len("ms_per_image_b") :] for k in out["rows"][0] if k.startswith("ms_per_image_b")]
+    batches = batch_sizes(out)
     quality = out["quality_samples"] > 0
     head = ["sampler file", "network evals / digit", *[f"ms / digit b{b}" for b in batches],
             f"vs {out['baseline']} ({' / '.join('b' + b for b in batches)})", "int8 over fp32"]  # fmt: skip
@@ -167,8 +172,9 @@ def plot(out: dict, path: Path) -> None:
     int8_of = int8_pairs(out["rows"])
     paired = {r["name"] for r in int8_of.values()}
     models = [n for n in rows if n not in paired]  # fp32 files and unpaired ones, in order
-    colours = dict(zip(models, plt.get_cmap("tab10").colors))
-    batches = [k[len("ms_per_image_b") :] for k in out["rows"][0] if k.startswith("ms_per_image_b")]
+    palette = plt.get_cmap("tab10").colors
+    colours = {n: palette[i % len(palette)] for i, n in enumerate(models)}
+    batches = batch_sizes(out)
     fig, axes = plt.subplots(1, len(batches), figsize=(1 + 5.5 * len(batches), 4.4), squeeze=False)
     for ax, b in zip(axes[0], batches):
 
