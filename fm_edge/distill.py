@@ -1019,7 +1019,7 @@ def add_arguments(p) -> None:
         "--method",
         default="progressive",
         choices=METHODS,
-        help="progressive (halves the teacher's Euler steps per round; made the shipped student), "
+        help="progressive (halves the teacher's Euler steps per round; made the first, UNet students), "
         "pairs (rectified-flow distillation on cached teacher samples), regress (a fresh time-free "
         "--student-arch net learns noise -> the teacher sampler's digit; the teacher may be a student) or "
         "adversarial (the --init net keeps that regression plus a critic's term, trained on "
