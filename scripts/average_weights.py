@@ -48,10 +48,11 @@ def average(a: Path, b: Path, weight: float, out: Path) -> Path:
     fm = json.loads((b / FM_CONFIG).read_text())
     # the record of how B was made gains the average (a folder without one gets it at the top level), and A's
     # record beside it: B's settings alone would not say how the other half was made
-    rec = made_by(fm) or fm
+    rec = made_by(fm)
+    rec = fm if rec is None else rec
     rec["weight_average"] = {"a": str(a), "a_sha256": weights_hash(a), "b": str(b), "b_sha256": weights_hash(b),
                              "b_weight": weight, "formula": "(1 - b_weight) * a + b_weight * b"}  # fmt: skip
-    if (a / FM_CONFIG).is_file() and (a_rec := made_by(json.loads((a / FM_CONFIG).read_text()))):
+    if (a / FM_CONFIG).is_file() and (a_rec := made_by(json.loads((a / FM_CONFIG).read_text()))) is not None:
         rec["weight_average"]["a_record"] = a_rec
     with atomic_dir(out) as tmp:  # a killed run leaves no half folder under the final name
         shutil.copytree(b, tmp, ignore=shutil.ignore_patterns("onnx", WEIGHTS), dirs_exist_ok=True)

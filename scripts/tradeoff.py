@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     rows = {n: {"name": n, "file": str(s.path), "sha256": sha256(s.path), "metadata": {
         k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
                                         "precision", "checkpoint_sha256")}} for n, s in samplers.items()}  # fmt: skip
-    siblings = {r["name"]: fp32 for fp32, r in int8_pairs(list(rows.values())).items()}
+    siblings = int8_pairs(list(rows.values()))
     for b in (int(v) for v in args.batch_sizes.split(",")):
         noise, labels = make_noise(b, 0), default_labels(b)
         fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
@@ -114,16 +114,16 @@ def copy_quality(earlier: dict, rows: dict) -> int:
     return earlier["quality_samples"]
 
 
-def int8_pairs(rows: list[dict]) -> dict[str, dict]:
-    """{fp32 row name: int8 row} for the rows of an output whose files are a folder's ``sampler.onnx`` and
-    ``sampler_int8.onnx`` (outputs from before ``fp32_sibling`` was recorded included)."""
+def int8_pairs(rows: list[dict]) -> dict[str, str]:
+    """{int8 row name: fp32 row name} for the rows of an output whose files are a folder's ``sampler_int8.onnx``
+    and ``sampler.onnx`` (outputs from before ``fp32_sibling`` was recorded included)."""
     by_path = {Path(r["file"]).resolve(): r["name"] for r in rows}
     pairs = {}
     for r in rows:
         path = Path(r["file"]).resolve()
         fp32 = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
         if path.name.endswith("_int8.onnx") and fp32 is not None:
-            pairs[fp32] = r
+            pairs[r["name"]] = fp32
     return pairs
 
 
@@ -169,24 +169,26 @@ def plot(out: dict, path: Path) -> None:
     from fm_edge.bench import plain_log_ticks
 
     rows = {r["name"]: r for r in out["rows"]}
-    int8_of = int8_pairs(out["rows"])
-    paired = {r["name"] for r in int8_of.values()}
-    models = [n for n in rows if n not in paired]  # fp32 files and unpaired ones, in order
+    fp32_of = int8_pairs(out["rows"])
+    models = [n for n in rows if n not in fp32_of]  # fp32 files and unpaired ones, in order
     palette = plt.get_cmap("tab10").colors
     colours = {n: palette[i % len(palette)] for i, n in enumerate(models)}
+    colours |= {n: colours[f] for n, f in fp32_of.items()}
     batches = batch_sizes(out)
     fig, axes = plt.subplots(1, len(batches), figsize=(1 + 5.5 * len(batches), 4.4), squeeze=False)
     for ax, b in zip(axes[0], batches):
 
-        def point(r, b=b):
-            return r[f"images_per_s_b{b}"], r["fd"] / r["fd_floor"]
+        def point(name, b=b):
+            return rows[name][f"images_per_s_b{b}"], rows[name]["fd"] / rows[name]["fd_floor"]
 
-        for name in models:
+        for name, r in rows.items():
             c = colours[name]
-            ax.scatter(*point(rows[name]), s=55, facecolors="white", edgecolors=[c], linewidths=1.8, zorder=3)
-            if name in int8_of:
-                ax.scatter(*point(int8_of[name]), s=55, color=c, zorder=3)
-                ax.annotate("", point(int8_of[name]), point(rows[name]),
+            if r["file"].endswith("_int8.onnx"):  # filled: an int8 file, with an arrow from its fp32 file
+                ax.scatter(*point(name), s=55, color=c, zorder=3)
+            else:
+                ax.scatter(*point(name), s=55, facecolors="white", edgecolors=[c], linewidths=1.8, zorder=3)
+            if name in fp32_of:
+                ax.annotate("", point(name), point(fp32_of[name]),
                             arrowprops={"arrowstyle": "->", "color": c, "shrinkA": 5, "shrinkB": 5})  # fmt: skip
         ax.set(xscale="log", xlabel=f"digits per second (batch {b}, {out['num_threads']} threads)",
                ylabel="FD / FD of real digits (lower is better)", title=f"batch {b}")  # fmt: skip

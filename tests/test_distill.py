@@ -383,6 +383,10 @@ def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt,
     assert rec["a_sha256"] == weights_hash(tiny_ckpt) and rec["b_sha256"] == weights_hash(b)
     assert rec["b_weight"] == 0.25
     assert training["seed"] == 7 and rec["a_record"] == {"seed": 3}  # B's record, and A's beside it
+    fm["training"] = {}  # an empty record is still the record: the average goes into it, not to the top level
+    (b / "fm_edge.json").write_text(json.dumps(fm))
+    empty = json.loads((mod.average(a, b, 0.5, tmp_path / "soup2") / "fm_edge.json").read_text())
+    assert "weight_average" in empty["training"] and "weight_average" not in empty
     with pytest.raises(UsageError, match="exists"):
         mod.average(tiny_ckpt, b, 0.25, tmp_path / "soup")
     with pytest.raises(UsageError, match="not in"):

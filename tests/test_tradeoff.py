@@ -5,20 +5,20 @@ import json
 import shutil
 
 import pytest
-from conftest import load_script
+from conftest import load_script, set_onnx_metadata
 from PIL import Image
 
 
 @pytest.fixture()
 def pair(tiny_onnx, tmp_path):
-    """A folder with sampler.onnx and a sampler_int8.onnx beside it (the same network: only the pairing and
-    the plumbing are under test), and a lone file elsewhere as the baseline."""
+    """A folder with sampler.onnx and a sampler_int8.onnx beside it (the same network with another metadata
+    tag, so another sha256: only the pairing and the plumbing are under test), and a lone file elsewhere as
+    the baseline."""
     folder = tmp_path / "model"
     folder.mkdir()
     shutil.copy(tiny_onnx / "sampler.onnx", folder / "sampler.onnx")
-    shutil.copy(tiny_onnx / "sampler.onnx", folder / "sampler_int8.onnx")
-    base = tmp_path / "first_release.onnx"
-    shutil.copy(tiny_onnx / "sampler.onnx", base)
+    set_onnx_metadata(tiny_onnx / "sampler.onnx", folder / "sampler_int8.onnx", tag="int8")  # another sha256
+    base = set_onnx_metadata(tiny_onnx / "sampler.onnx", tmp_path / "first_release.onnx", tag="base")
     return base, folder
 
 
@@ -33,20 +33,25 @@ def test_pairs_int8_with_its_fp32_file_and_plots_from_earlier_quality(pair, tmp_
     assert rows["m8"]["fp32_sibling"] == "m"
     assert {"int8_over_fp32_b1", "int8_over_fp32_b2"} <= rows["m8"].keys()
     assert "fp32_sibling" not in rows["m"] and "fp32_sibling" not in rows["base"]
-    assert rows["base"]["speedup_vs_base_b1"] == 1.0
+    assert rows["m8"]["speedup_vs_base_b1"] > 0 and len({r["sha256"] for r in rows.values()}) == 3
 
     # quality measured elsewhere (here: written in), carried over by sha256, then the plot
     earlier = json.loads(timed.read_text())
     for i, r in enumerate(earlier["rows"]):
         r.update(fd=10.0 + i, fd_floor=2.0, label_accuracy=0.99)
+    earlier["rows"].reverse()  # matched by file hash, not by position
+    for r in earlier["rows"]:
+        r["name"] = "renamed " + r["name"]  # nor by name
     earlier["quality_samples"] = 1000
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     out, png = tmp_path / "out.json", tmp_path / "plot.png"
     argv = [*files, "-o", str(out), "--plot", str(png), "--quality-from", str(tmp_path / "earlier.json")]
     assert tradeoff.main([*argv, *common]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows["m8"]["fd"] == 12.0 and rows["m8"]["fd_floor"] == 2.0
-    assert tradeoff.int8_pairs(list(rows.values())) == {"m": rows["m8"]}
+    assert [rows[n]["fd"] for n in ("base", "m", "m8")] == [10.0, 11.0, 12.0] and rows["m8"][
+        "fd_floor"
+    ] == 2.0
+    assert tradeoff.int8_pairs(list(rows.values())) == {"m8": "m"}
     assert Image.open(png).size[0] > Image.open(png).size[1] * 2  # two panels side by side and a legend
 
     one = json.loads(out.read_text())
