@@ -6,8 +6,8 @@
 Both folders must hold the same config.json (a fine-tune and its starting point, say). The output is B's
 folder (config, fm_edge.json, card) with the averaged weights, and B's ``distillation`` (or ``training``)
 record in fm_edge.json (or the file itself) gains ``weight_average``: both parents, their weight hashes, the
-weight and A's own record (``a_record``). Interpolating between a student and its fine-tune trades their figures (FD against label
-accuracy, say) without training. The output folder appears whole or not at all.
+weight and A's own record (``a_record``). Interpolating between a student and its fine-tune trades their
+figures (FD against label accuracy, say) without training. The output folder appears whole or not at all.
 """
 
 from __future__ import annotations

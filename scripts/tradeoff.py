@@ -121,9 +121,10 @@ def int8_pairs(rows: list[dict]) -> dict[str, str]:
     pairs = {}
     for r in rows:
         path = Path(r["file"]).resolve()
-        fp32 = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
-        if path.name.endswith("_int8.onnx") and fp32 is not None:
-            pairs[r["name"]] = fp32
+        if path.name.endswith("_int8.onnx"):
+            fp32 = by_path.get(path.with_name(path.name.replace("_int8.onnx", ".onnx")))
+            if fp32 is not None:
+                pairs[r["name"]] = fp32
     return pairs
 
 

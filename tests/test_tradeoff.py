@@ -48,9 +48,8 @@ def test_pairs_int8_with_its_fp32_file_and_plots_from_earlier_quality(pair, tmp_
     argv = [*files, "-o", str(out), "--plot", str(png), "--quality-from", str(tmp_path / "earlier.json")]
     assert tradeoff.main([*argv, *common]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    assert [rows[n]["fd"] for n in ("base", "m", "m8")] == [10.0, 11.0, 12.0] and rows["m8"][
-        "fd_floor"
-    ] == 2.0
+    assert [rows[n]["fd"] for n in ("base", "m", "m8")] == [10.0, 11.0, 12.0]
+    assert rows["m8"]["fd_floor"] == 2.0
     assert tradeoff.int8_pairs(list(rows.values())) == {"m8": "m"}
     assert Image.open(png).size[0] > Image.open(png).size[1] * 2  # two panels side by side and a legend
 
