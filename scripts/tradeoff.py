@@ -3,6 +3,10 @@ machine in one alternating loop, and their FD on the same noise. Writes a JSON t
 
     python scripts/tradeoff.py NAME=PATH/sampler.onnx [NAME=PATH ...] -o docs/results/tradeoff.json \\
         --plot docs/tradeoff.png [--num-threads 2] [--quality-samples 2000]
+    python scripts/tradeoff.py --first-release --shipped -o tradeoff.json --plot tradeoff.png  # README's table
+
+``--shipped`` adds both sampler files of every folder in ``fm_edge/checkpoints``; ``--first-release`` takes
+the first release's ``sampler.onnx`` from git history as the baseline.
 
 Quality and timing can be split: a run with ``--rounds 1`` measures FD while other work loads the machine,
 and a later run on a quiet machine takes those columns with ``--quality-from`` and only times. Each int8 file
@@ -13,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +33,19 @@ from fm_edge.evaluate import evaluate_images
 from fm_edge.runtime import OnnxSampler
 from fm_edge.timing import median, paired_speedup, time_alternating
 
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "fm_edge" / "checkpoints"
+FIRST_RELEASE = "0ecbb1b:fm_edge/checkpoints/compact-mnist/onnx/sampler.onnx"  # git commit:path
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("files", nargs="+", help="NAME=path/to/sampler.onnx; the first is the baseline")
+    p.add_argument("files", nargs="*", help="NAME=path/to/sampler.onnx; the first is the baseline")
+    p.add_argument("--first-release", action="store_true",
+                   help=f"time the first release's sampler.onnx ({FIRST_RELEASE} in git history) first, as the "
+                   "baseline")  # fmt: skip
+    p.add_argument("--shipped", action="store_true",
+                   help="time sampler.onnx and sampler_int8.onnx of every folder in fm_edge/checkpoints, "
+                   "before the files named")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="the JSON table")
     p.add_argument("--plot", default=None, help="also draw digits/s against FD here (PNG)")
     p.add_argument("--batch-sizes", default="1,64")
@@ -44,8 +59,12 @@ def main(argv=None) -> int:
         "sha256): quality can be measured while other work loads the machine, timing only when it is quiet",
     )
     args = p.parse_args(argv)
+    specs = [f"first release={first_release()}"] if args.first_release else []
+    specs += shipped_files(CHECKPOINTS) if args.shipped else []
+    if not specs + args.files:
+        p.error("name at least one sampler file, or pass --shipped / --first-release")
     samplers = {}
-    for spec in args.files:
+    for spec in specs + args.files:
         name, _, path = spec.partition("=")
         # no spinning: idle sessions' threads would otherwise busy-wait while another session runs
         samplers[name] = OnnxSampler(path, num_threads=args.num_threads,
@@ -85,6 +104,32 @@ def main(argv=None) -> int:
     print(markdown(out))
     print(args.output)
     return 0
+
+
+def shipped_files(root: Path) -> list[str]:
+    """NAME=PATH for both sampler files of every model folder under ``root`` that has them, the int8 file named
+    after its folder with " int8"."""
+    specs = []
+    for folder in sorted(d for d in root.iterdir() if (d / "onnx" / "sampler.onnx").is_file()):
+        specs.append(f"{folder.name}={folder / 'onnx' / 'sampler.onnx'}")
+        if (folder / "onnx" / "sampler_int8.onnx").is_file():
+            specs.append(f"{folder.name} int8={folder / 'onnx' / 'sampler_int8.onnx'}")
+    return specs
+
+
+def first_release(source: str = FIRST_RELEASE) -> Path:
+    """The first release's sampler file, written from git history into the temporary folder (once)."""
+    commit, _, path = source.partition(":")
+    out = Path(tempfile.gettempdir()) / f"fm_edge_first_release_{commit}_{Path(path).name}"
+    if not out.is_file():
+        got = subprocess.run(["git", "-C", str(CHECKPOINTS), "show", source], capture_output=True)
+        if got.returncode != 0:
+            msg = got.stderr.decode(errors="replace").strip().splitlines()
+            raise SystemExit(
+                f"--first-release needs fm-edge's git history ({source}): {msg[-1] if msg else ''}"
+            )
+        write_bytes(out, got.stdout)
+    return out
 
 
 def measure_quality(samplers: dict, rows: dict, n: int) -> None:

@@ -69,3 +69,37 @@ def test_quality_from_an_output_without_the_file_is_one_line(pair, tmp_path):
     with pytest.raises(SystemExit, match="no quality for base, m"):
         tradeoff.main(argv)
     assert not (tmp_path / "o.json").exists()
+    with pytest.raises(SystemExit):  # no file, no --shipped: argparse's usage line
+        tradeoff.main(["-o", str(tmp_path / "o.json")])
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_shipped_names_both_files_of_every_model_folder(pair, tmp_path):
+    tradeoff = load_script("tradeoff")
+    _, folder = pair
+    (folder / "onnx").mkdir()
+    for f in ("sampler.onnx", "sampler_int8.onnx"):
+        (folder / f).rename(folder / "onnx" / f)
+    (tmp_path / "fp32_only" / "onnx").mkdir(parents=True)
+    shutil.copy(folder / "onnx" / "sampler.onnx", tmp_path / "fp32_only" / "onnx" / "sampler.onnx")
+    (tmp_path / "no_export").mkdir()
+    specs = tradeoff.shipped_files(tmp_path)
+    assert [s.partition("=")[0] for s in specs] == ["fp32_only", "model", "model int8"]
+    assert specs[2].endswith("model/onnx/sampler_int8.onnx")
+    shipped = [s.partition("=")[0] for s in tradeoff.shipped_files(tradeoff.CHECKPOINTS)]
+    assert "teacher-mnist-digit-t" in shipped and "onestep-mnist-digit int8" in shipped
+
+
+def test_first_release_comes_from_git_history_or_one_line(tmp_path, monkeypatch):
+    tradeoff = load_script("tradeoff")
+    monkeypatch.setattr(tradeoff.tempfile, "gettempdir", lambda: str(tmp_path))
+    with pytest.raises(SystemExit, match=r"needs fm-edge's git history \(0000000:no/such.onnx\)"):
+        tradeoff.first_release("0000000:no/such.onnx")
+    assert list(tmp_path.iterdir()) == []
+    if not (tradeoff.CHECKPOINTS.parents[1] / ".git").exists():
+        pytest.skip("not a git checkout: the first release is in git history only")
+    committed = json.loads(
+        (tradeoff.CHECKPOINTS.parents[1] / "docs/results/tradeoff_avx2_shipped.json").read_text()
+    )
+    timed = {r["name"]: r["sha256"] for r in committed["rows"]}["first release"]  # the README's baseline
+    assert tradeoff.sha256(tradeoff.first_release()) == timed
