@@ -12,11 +12,16 @@ from collections.abc import Callable
 
 
 def time_alternating(
-    fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, progress: Callable | None = None
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    progress: Callable | None = None,
+    self_timed: bool = False,
 ) -> dict[str, list[float]]:
     """Wall-clock seconds of every call of each ``fns[name]()``, ``rounds`` each, after ``warmup`` calls.
 
-    ``progress(done, total)`` is called after each round (for a progress bar).
+    ``self_timed``: each call returns its own seconds instead (a worker process that timed its work, so the
+    round trip to it is not counted). ``progress(done, total)`` is called after each round (for a progress bar).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -28,8 +33,8 @@ def time_alternating(
     for i in range(rounds):
         for name, fn in order if i % 2 == 0 else order[::-1]:
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            took = fn()
+            times[name].append(float(took) if self_timed else time.perf_counter() - t0)
         if progress is not None:
             progress(i + 1, rounds)
     return times

@@ -7,6 +7,8 @@ machine in one alternating loop, and their FD on the same noise. Writes a JSON t
 
 ``--shipped`` adds both sampler files of every folder in ``fm_edge/checkpoints``; ``--first-release`` takes
 the first release's ``sampler.onnx`` from git history as the baseline.
+``--process-each`` times every sampler in a process of its own with ONNX Runtime's defaults, as an app holds
+one session (by default all sessions share this process, with thread spinning off).
 
 Quality and timing can be split: a run with ``--rounds 1`` measures FD while other work loads the machine,
 and a later run on a quiet machine takes those columns with ``--quality-from`` and only times. Each int8 file
@@ -20,6 +22,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,8 @@ from fm_edge.timing import median, paired_speedup, time_alternating
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "fm_edge" / "checkpoints"
 FIRST_RELEASE = "0ecbb1b:fm_edge/checkpoints/compact-mnist/onnx/sampler.onnx"  # git commit:path
+SETTLE = 0.2  # seconds of quiet before each --process-each round, so no other worker's threads still spin
+PROCESS_CALLS = 16  # back-to-back calls per round and process at batch 1 (batch b: 16 // b, at least 1)
 
 
 def main(argv=None) -> int:
@@ -52,12 +57,19 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15, help="alternating timed rounds per batch size")
     p.add_argument("--quality-samples", type=int, default=2000, help="0: time only, no FD columns")
     p.add_argument("--num-threads", type=int, default=2)
+    p.add_argument("--process-each", action="store_true",
+                   help="time each sampler in a process of its own (ORT defaults, spinning on), "
+                   f"{PROCESS_CALLS} back-to-back calls per round at batch 1 after {SETTLE} s of quiet; rounds "
+                   "still alternate")  # fmt: skip
     p.add_argument(
         "--quality-from",
         default=None,
         help="take the FD columns from this earlier output instead of sampling again (rows matched by file "
         "sha256): quality can be measured while other work loads the machine, timing only when it is quiet",
     )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # a child of --process-each
+        return worker(argv[1], int(argv[2]))
     args = p.parse_args(argv)
     specs = [f"first release={first_release()}"] if args.first_release else []
     specs += shipped_files(CHECKPOINTS) if args.shipped else []
@@ -74,10 +86,23 @@ def main(argv=None) -> int:
         k: s.metadata.get(k) for k in ("solver", "steps", "nfe", "network_evals_per_image", "guidance", "cfg_scale",
                                         "precision", "checkpoint_sha256")}} for n, s in samplers.items()}  # fmt: skip
     siblings = int8_pairs(list(rows.values()))
-    for b in (int(v) for v in args.batch_sizes.split(",")):
-        noise, labels = make_noise(b, 0), default_labels(b)
-        fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
-        times = time_alternating(fns, args.rounds, warmup=2)
+    workers = {n: Worker(s.path, args.num_threads) for n, s in samplers.items()} if args.process_each else {}
+    try:
+        times_by_batch = {}
+        for b in (int(v) for v in args.batch_sizes.split(",")):
+            if workers:
+                fns = {
+                    n: (lambda w=w, b=b: w.time(b, max(1, PROCESS_CALLS // b))) for n, w in workers.items()
+                }
+                times_by_batch[b] = time_alternating(fns, args.rounds, warmup=2, self_timed=True)
+            else:
+                noise, labels = make_noise(b, 0), default_labels(b)
+                fns = {n: (lambda s=s, x=noise, y=labels: s(x, y)) for n, s in samplers.items()}
+                times_by_batch[b] = time_alternating(fns, args.rounds, warmup=2)
+    finally:
+        for w in workers.values():
+            w.close()
+    for b, times in times_by_batch.items():
         for n in samplers:
             rows[n][f"ms_per_image_b{b}"] = round(1000 * median(times[n]) / b, 3)
             rows[n][f"images_per_s_b{b}"] = round(b / median(times[n]), 1)
@@ -96,7 +121,7 @@ def main(argv=None) -> int:
         measure_quality(samplers, rows, n)
     env = collect()
     out = {"cpu": env["cpu"], "int8_path": env["int8_path"], "onnxruntime": env["onnxruntime"],
-           "num_threads": args.num_threads, "rounds": args.rounds, "quality_samples": n, "baseline": base,
+           "num_threads": args.num_threads, "process_each": args.process_each, "rounds": args.rounds, "quality_samples": n, "baseline": base,
            "rows": list(rows.values())}  # fmt: skip
     write_bytes(args.output, (json.dumps(out, indent=1) + "\n").encode())
     if args.plot and n > 0:
@@ -104,6 +129,42 @@ def main(argv=None) -> int:
     print(markdown(out))
     print(args.output)
     return 0
+
+
+def worker(path: str, num_threads: int) -> int:
+    """One sampler's session alone in this process: for each "BATCH CALLS" line on stdin, one untimed call
+    (the threads wake, as after an app's previous call), then CALLS timed ones; prints seconds per call."""
+    s = OnnxSampler(path, num_threads=num_threads)
+    for line in sys.stdin:
+        b, calls = (int(v) for v in line.split())
+        x, y = make_noise(b, 0), default_labels(b)
+        s(x, y)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            s(x, y)
+        print((time.perf_counter() - t0) / calls, flush=True)
+    return 0
+
+
+class Worker:
+    """The controller's end of a ``worker`` process."""
+
+    def __init__(self, path: Path, num_threads: int):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path), str(num_threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, batch: int, calls: int) -> float:
+        time.sleep(SETTLE)  # the worker timed before stops spinning first, as ORT's threads do after a run
+        self.proc.stdin.write(f"{batch} {calls}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the timing process for {batch=} ended (exit code {self.proc.wait()})")
+        return float(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def shipped_files(root: Path) -> list[str]:

@@ -24,3 +24,8 @@ def test_no_rounds_is_an_error(kwargs):
 def test_paired_speedup_is_the_median_of_round_ratios():
     assert timing.paired_speedup([2.0, 4.0, 9.0], [1.0, 1.0, 1.0]) == 4.0
     assert timing.median([3.0, 1.0, 2.0]) == 2.0
+
+
+def test_self_timed_calls_report_their_own_seconds():
+    times = timing.time_alternating({"a": lambda: 0.25, "b": lambda: 0.5}, rounds=2, self_timed=True)
+    assert times == {"a": [0.25, 0.25], "b": [0.5, 0.5]}

@@ -103,3 +103,27 @@ def test_first_release_comes_from_git_history_or_one_line(tmp_path, monkeypatch)
     )
     timed = {r["name"]: r["sha256"] for r in committed["rows"]}["first release"]  # the README's baseline
     assert tradeoff.sha256(tradeoff.first_release()) == timed
+
+
+def test_process_each_times_every_file_in_a_process_of_its_own(pair, tmp_path, monkeypatch):
+    tradeoff = load_script("tradeoff")
+    started = []
+    real = tradeoff.Worker
+
+    class Spy(real):
+        def __init__(self, path, num_threads):
+            super().__init__(path, num_threads)
+            started.append(self)
+
+    monkeypatch.setattr(tradeoff, "Worker", Spy)
+    base, folder = pair
+    files = [f"base={base}", f"m={folder / 'sampler.onnx'}", f"m8={folder / 'sampler_int8.onnx'}"]
+    out = tmp_path / "o.json"
+    argv = [*files, "-o", str(out), "--rounds", "2", "--batch-sizes", "1,2", "--quality-samples", "0"]
+    assert tradeoff.main([*argv, "--num-threads", "1", "--process-each"]) == 0
+    table = json.loads(out.read_text())
+    rows = {r["name"]: r for r in table["rows"]}
+    assert table["process_each"] is True and rows["m8"]["int8_over_fp32_b2"] > 0
+    assert all(rows[n]["ms_per_image_b1"] > 0 for n in rows)
+    assert len({w.proc.pid for w in started}) == 3  # one process per file, each gone when the run ends
+    assert all(w.proc.poll() == 0 for w in started)
