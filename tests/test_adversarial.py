@@ -433,3 +433,47 @@ def test_adversarial_cli_errors_are_one_line(distilled_teacher, tmp_path):
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--critic-warmup" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_channels_last_runs_the_student_and_critic_convs_in_it(
+    distilled_teacher, tiny_data, tmp_path, monkeypatch
+):
+    """--channels-last: every conv trained in the steps (student and critic) has channels_last weights, the
+    checkpoints hold contiguous copies, and the run lands where the plain one does."""
+    from safetensors.torch import load_file
+
+    from fm_edge.loop import TrainingLoop
+    from fm_edge.model import load
+
+    seen, run_steps = [], TrainingLoop.run
+
+    def note(m, _):  # a weight with one input channel or a 1x1 kernel is in both formats: left out
+        trained = isinstance(m, torch.nn.Conv2d) and m.weight.requires_grad
+        if trained and min(m.weight.shape[1:]) > 1:
+            seen.append(m.weight.is_contiguous(memory_format=torch.channels_last))
+
+    def watched(self, *a, **k):  # only the training steps, not the checks before and after them
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(note)
+        try:
+            return run_steps(self, *a, **k)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(TrainingLoop, "run", watched)
+
+    def run(name, **kw):
+        seen.clear()
+        cfg = acfg(tmp_path / name, distilled_teacher, distilled_teacher, tiny_data, max_steps=2, **kw)
+        folder = distill(cfg, progress=False)
+        critic = load_file(tmp_path / name / "checkpoint-2" / "critic.safetensors")
+        return load(folder)[0], critic, list(seen), folder
+
+    plain, plain_critic, seen_plain, _ = run("plain")
+    cl, cl_critic, seen_cl, folder = run("cl", channels_last=True)
+    assert seen_cl and all(seen_cl) and not any(seen_plain)
+    for a, b in zip(plain.parameters(), cl.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+    assert cl_critic.keys() == plain_critic.keys() and all(v.is_contiguous() for v in cl_critic.values())
+    assert (
+        json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["channels_last"] is True
+    )
