@@ -425,3 +425,18 @@ def test_export_int8_keeps_a_flow_teachers_first_and_last_conv_in_float(tmp_path
     assert {"first_conv", "last_conv"} <= set(recipe["exclude_roles"])
     convs = [n for n in onnx.load(str(out / "velocity.onnx")).graph.node if n.op_type == "Conv"]
     assert len(int8_nodes(onnx.load(str(out / "velocity_int8.onnx")))) == len(convs) - 2
+
+
+def test_a_folder_can_name_its_int8_recipe(tmp_path):
+    """fm_edge.json's ``int8_recipe`` (the recipe a shipped int8 file was measured best with) is what
+    ``--int8-recipe default`` means for that folder; without it the choice goes by the kind of net."""
+    from fm_edge.artifacts import FM_CONFIG
+    from fm_edge.model import fm_config
+    from fm_edge.quantize.pipeline import default_recipe_for
+
+    net = tmp_path / "net"
+    build("tiny-digit").save_pretrained(net, safe_serialization=True)
+    (net / FM_CONFIG).write_text(json.dumps(fm_config("tiny-digit")))
+    assert default_recipe_for(net) == "student"
+    (net / FM_CONFIG).write_text(json.dumps(fm_config("tiny-digit", int8_recipe="student-float-ends")))
+    assert default_recipe_for(net) == "student-float-ends"

@@ -363,13 +363,18 @@ def default_recipe_for(model) -> str:
     """The recipe ``--int8-recipe default`` means for this checkpoint (None: the shipped default model). A norm-free OneStepNet runs all in int8
     but its label embedding ("student"); a OneStepNet that is a guided flow teacher (a '-t' net that samples
     with CFG at run time) also keeps its first and last conv in float ("student-float-ends"): on the shipped
-    int8-built teacher all-int8 lost 18% FD at 4 steps, float ends 5%, for 95.5% of MACs still in int8."""
+    int8-built teacher all-int8 lost 18% FD at 4 steps, float ends 5%, for 95.5% of MACs still in int8. A
+    folder whose fm_edge.json names an ``int8_recipe`` (the one its shipped int8 file was measured best with)
+    gets that one."""
     from fm_edge.model import folder_or_shipped, is_student_net, model_config, read_fm_config
     from fm_edge.sampler_spec import checkpoint_spec
 
+    chosen = read_fm_config(folder_or_shipped(model)).get("int8_recipe")  # None: the shipped default model
+    if chosen:
+        return chosen
     if not is_student_net(model):
         return "default"
-    model = folder_or_shipped(model)  # None: the shipped default model
+    model = folder_or_shipped(model)
     guided = model_config(model).get("time_input") and not checkpoint_spec(read_fm_config(model)).distilled
     return "student-float-ends" if guided else "student"
 
