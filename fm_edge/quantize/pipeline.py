@@ -369,13 +369,13 @@ def default_recipe_for(model) -> str:
     from fm_edge.model import folder_or_shipped, is_student_net, model_config, read_fm_config
     from fm_edge.sampler_spec import checkpoint_spec
 
-    chosen = read_fm_config(folder_or_shipped(model)).get("int8_recipe")  # None: the shipped default model
-    if chosen:
-        return chosen
-    if not is_student_net(model):
+    folder = folder_or_shipped(model)  # None: the shipped default model
+    fm = read_fm_config(folder)
+    if fm.get("int8_recipe"):
+        return fm["int8_recipe"]
+    if not is_student_net(folder):
         return "default"
-    model = folder_or_shipped(model)
-    guided = model_config(model).get("time_input") and not checkpoint_spec(read_fm_config(model)).distilled
+    guided = model_config(folder).get("time_input") and not checkpoint_spec(fm).distilled
     return "student-float-ends" if guided else "student"
 
 
