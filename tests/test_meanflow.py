@@ -126,6 +126,31 @@ def test_meanflow_loss_is_zero_for_the_teacher_itself_at_step_zero():
             assert student.stem.weight.grad[:, -1].abs().sum() > 0
 
 
+def test_meanflow_loss_in_bf16_follows_the_float32_loss():
+    """Under bf16 autocast the forward-mode pass runs, the loss stays within bf16 rounding of the float32 one
+    and the weights' gradients point the same way (they are float32: autocast keeps the weights)."""
+    from fm_edge.meanflow import meanflow_loss
+    from fm_edge.model import velocity_fn
+
+    teacher = randomized(build("tiny-digit-t")).eval()
+    student = randomized(with_step_input(teacher), seed=1)
+    x0, y = torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8)
+    runs = []
+    for bf16 in (False, True):
+        student.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = meanflow_loss(
+                student, velocity_fn(teacher), x0, y, torch.Generator().manual_seed(3), 0.75, None
+            )
+        loss.backward()
+        assert loss.dtype == torch.float32
+        runs.append((loss.item(), torch.cat([p.grad.flatten() for p in student.parameters()])))
+    (l32, g32), (l16, g16) = runs
+    assert l16 != l32 and abs(l16 - l32) < 0.05 * l32  # rounded, really computed in bf16
+    assert g16.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.95
+
+
 def test_grid_rows_take_the_steps_of_the_k_step_samplers(monkeypatch):
     """With grid step counts every step row is one step of a K-step Euler sampler (t on its grid, h = 1/K); the
     other rows have h = 0; without a grid, steps have random length below t."""
@@ -306,6 +331,19 @@ def test_meanflow_grow_to_widens_the_start_net(flow_teacher, tiny_data, tmp_path
     assert fm["preset"] == tiny_wide and fm["distillation"]["grown_to"] == tiny_wide
 
 
+def test_meanflow_distill_in_bf16_and_channels_last_records_it(flow_teacher, tiny_data, tmp_path):
+    from fm_edge.model import load
+
+    folder = distill(
+        mcfg(tmp_path / "run", flow_teacher, tiny_data, bf16=True, channels_last=True), progress=False
+    )
+    model, fm = load(folder)
+    settings = fm["distillation"]["settings"]
+    assert settings["bf16"] and settings["channels_last"]
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    assert model.config.default_step == 0.5
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -313,7 +351,6 @@ def test_meanflow_grow_to_widens_the_start_net(flow_teacher, tiny_data, tmp_path
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
-        (dict(bf16=True), "--method meanflow runs in float32"),
         (dict(mean_grid=(1, 3)), "--mean-grid takes step counts 1, 2, 4 or 8"),
         (dict(method="regress", mean_grid=(2,)), "--mean-grid takes step counts .* of --method meanflow"),
         (dict(init="TIMEFREE"), "--init .* must be a '-t' OneStepNet that predicts what the teacher does"),
