@@ -3,7 +3,8 @@
     python scripts/average_weights.py fm_edge/checkpoints/compact-mnist-student-4step runs/cls4/model \\
         --weight 0.25 -o runs/ship4
 
-Both folders must hold the same config.json (a fine-tune and its starting point, say). The output is B's
+Both folders must hold the same architecture (a fine-tune and its starting point, say): their config.json
+files are compared with the class's defaults filled in, so a folder written before a key existed still matches. The output is B's
 folder (config, fm_edge.json, card) with the averaged weights, and B's ``distillation`` (or ``training``)
 record in fm_edge.json (or the file itself) gains ``weight_average``: both parents, their weight hashes, the
 weight and A's own record (``a_record``). Interpolating between a student and its fine-tune trades their
@@ -31,12 +32,21 @@ def made_by(fm: dict) -> dict | None:
     return next((fm[k] for k in ("distillation", "training") if isinstance(fm.get(k), dict)), None)
 
 
+def architecture(folder: Path) -> dict:
+    """The folder's model config as the class builds it: config.json with the defaults of keys it lacks."""
+    from fm_edge.model import model_class
+
+    cls = model_class(folder)
+    config = cls.from_config(cls.load_config(folder)).config
+    return {"class": cls.__name__, **{k: v for k, v in config.items() if not k.startswith("_")}}
+
+
 def average(a: Path, b: Path, weight: float, out: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     if not 0.0 <= weight <= 1.0:
         raise UsageError(f"--weight {weight} is not in [0, 1]")
-    if json.loads((a / "config.json").read_text()) != json.loads((b / "config.json").read_text()):
+    if architecture(a) != architecture(b):
         raise UsageError(f"{a} and {b} have different config.json files: only the same architecture averages")
     wa, wb = load_file(a / WEIGHTS), load_file(b / WEIGHTS)
     if wa.keys() != wb.keys():

@@ -398,6 +398,13 @@ def test_average_weights_script_interpolates_and_records_both_parents(tiny_ckpt,
         mod.average(tiny_ckpt, b, 0.5, tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     (b / "config.json").write_text((tiny_ckpt / "config.json").read_text())
+    # a config.json written before a key existed: the class default fills it in, so the pair still averages
+    config = json.loads((tiny_ckpt / "config.json").read_text())
+    dropped = next(k for k in ("act_fn", "norm_eps", "time_embedding_type") if k in config)
+    del config[dropped]
+    (b / "config.json").write_text(json.dumps(config))
+    assert (mod.average(tiny_ckpt, b, 0.5, tmp_path / "older") / WEIGHTS).is_file()
+    (b / "config.json").write_text((tiny_ckpt / "config.json").read_text())
     (b / "fm_edge.json").unlink()
     with pytest.raises(UsageError, match="no fm_edge.json"):
         mod.average(tiny_ckpt, b, 0.5, tmp_path / "z")
