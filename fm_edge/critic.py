@@ -61,3 +61,29 @@ def generator_loss(critic, fake, labels):
     finally:
         for p in critic.parameters():
             p.requires_grad_(True)
+
+
+def new_critic(seed: int, lr: float, device):
+    """A fresh critic, its first weights drawn from ``seed``, and its AdamW with the usual GAN momentum (the
+    critic's target moves every step)."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        critic = Critic().to(device)
+    return critic, torch.optim.AdamW(critic.parameters(), lr=lr, betas=(0.5, 0.99), weight_decay=0.0)
+
+
+def critic_round(
+    critic, optimizer, real, real_labels, fake, labels, classify: bool, student_terms: bool = True
+):
+    """One round of the game on a batch: the critic steps on ``real`` against the student's ``fake`` digits
+    (detached), then scores the fakes for the student. Returns (the critic's loss, the student's hinge term,
+    its class term); both terms are None with ``student_terms`` False (a critic warming up)."""
+    d_loss = critic_loss(critic, real, real_labels, fake, labels, classify)
+    optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    optimizer.step()
+    if not student_terms:
+        return d_loss.detach(), None, None
+    return (d_loss.detach(), *generator_loss(critic, fake, labels))

@@ -77,6 +77,7 @@ class DistillConfig:
         int, ...
     ] = ()  # meanflow: step rows take the steps of these K-step samplers (): any r < t
     mean_weight_power: float = 0.0  # meanflow: adaptive loss weighting 1 / (error + c)^p (0: plain MSE)
+    mean_critic: float = 0.0  # meanflow: weight of a critic's hinge term on the student's own K-step digits
     rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
@@ -124,6 +125,19 @@ class DistillConfig:
             raise UsageError(
                 f"--mean-weight-power takes a power in [0, 2] of --method meanflow, got {self.mean_weight_power}"
             )
+        if not (self.mean_critic >= 0 and math.isfinite(self.mean_critic)) or (
+            self.mean_critic and self.method != "meanflow"
+        ):
+            raise UsageError(
+                f"--mean-critic takes a finite weight >= 0 of --method meanflow, got {self.mean_critic}"
+            )
+        if self.method == "meanflow" and self.class_weight:
+            if not (self.class_weight > 0 and math.isfinite(self.class_weight)):
+                raise UsageError(f"--class-weight must be a finite number >= 0, got {self.class_weight}")
+            if not self.mean_critic:
+                raise UsageError(
+                    "--class-weight of --method meanflow weighs the critic's class head: add --mean-critic"
+                )
         if self.grow_to is not None and self.method != "meanflow":
             raise UsageError(f"--grow-to widens the start net of --method meanflow, not {self.method}")
         if not 0 <= self.rollout <= 1:
@@ -612,7 +626,7 @@ class Adversarial(Pairs):
         import torch
 
         from fm_edge.artifacts import weights_hash
-        from fm_edge.critic import Critic
+        from fm_edge.critic import new_critic
         from fm_edge.data import HUB_ID, model_space
         from fm_edge.loop import EpochOrder
 
@@ -621,13 +635,9 @@ class Adversarial(Pairs):
             self.real = torch.from_numpy(model_space(self.images)).to(self.device)
             self.real_y = torch.from_numpy(self.labels).to(self.device)
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.cfg.seed)
-            self.critic = Critic().to(self.device)
         # the critic keeps its rate throughout (its warm-up is what the student's lr 0 is for)
-        critic_lr = self.cfg.lr if self.cfg.critic_lr is None else self.cfg.critic_lr
-        self.critic_opt = torch.optim.AdamW(
-            self.critic.parameters(), lr=critic_lr, betas=self.betas, weight_decay=0.0
+        self.critic, self.critic_opt = new_critic(
+            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, self.device
         )
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
@@ -671,7 +681,7 @@ class Adversarial(Pairs):
         import torch
 
         from fm_edge.convention import NUM_CLASSES
-        from fm_edge.critic import critic_loss, generator_loss
+        from fm_edge.critic import critic_round
 
         b, k = self.cfg.batch_size, self.cfg.student_steps
         if k == 1:
@@ -689,14 +699,14 @@ class Adversarial(Pairs):
             fake, labels = fake[keep], y[keep]
         j = self.real_order.batch(step, b)
         classify = self.cfg.class_weight > 0
-        d_loss = critic_loss(self.critic, self.real[j], self.real_y[j], fake, labels, classify)
-        self.critic_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.critic_opt.step()
+        # while the critic warms up the student holds still (lr 0): no need for its adversarial terms
+        warm = step >= self.cfg.critic_warmup
+        d_loss, g_loss, c_loss = critic_round(
+            self.critic, self.critic_opt, self.real[j], self.real_y[j], fake, labels, classify, warm
+        )
         self.figures = {"reg": f"{reg.item():.4f}", "critic": f"{d_loss.item():.3f}"}
-        if step < self.cfg.critic_warmup:  # the student holds still (lr 0): no need for its adversarial terms
+        if not warm:
             return reg
-        g_loss, c_loss = generator_loss(self.critic, fake, labels)
         if classify:
             self.figures["class"] = f"{c_loss.item():.3f}"
         return reg + self.cfg.adv_weight * g_loss + self.cfg.class_weight * c_loss
@@ -802,6 +812,15 @@ class MeanFlow(Method):
 
             record.update(init=str(self.init), init_sha256=weights_hash(self.init))
         record.update(grown_to=self.cfg.grow_to)
+        record.update(mean_critic=self.cfg.mean_critic)
+        self.figures: dict = {}
+        if self.cfg.mean_critic:
+            from fm_edge.critic import new_critic
+
+            self.critic, self.critic_opt = new_critic(
+                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, self.device
+            )
+            self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
 
     def student(self):
         from fm_edge.model import load
@@ -832,7 +851,36 @@ class MeanFlow(Method):
             self.model, self.teacher_v, x0, y, gen, cfg.mean_share, self.t_floor, cfg.mean_grid,
             cfg.mean_weight_power,
         )  # fmt: skip
-        return loss, len(idx)
+        if not cfg.mean_critic:
+            return loss, len(idx)
+        return loss + self._critic_terms(step, gen), len(idx)
+
+    def _critic_terms(self, step: int, gen):
+        """The critic's round on the student's K-step digits from fresh noise (labels 0-9) against real
+        digits; the student's weighted hinge and class terms."""
+        import torch
+
+        from fm_edge.convention import NUM_CLASSES
+        from fm_edge.critic import critic_round
+        from fm_edge.meanflow import rollout_digits
+
+        cfg, b = self.cfg, self.cfg.batch_size
+        noise = torch.randn((b, 1, *self.real.shape[2:]), generator=gen).to(self.device)
+        labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
+        fake = rollout_digits(self.model, noise, labels, cfg.student_steps)
+        j = self.real_order.batch(step, b)
+        classify = cfg.class_weight > 0
+        d_loss, g_loss, c_loss = critic_round(
+            self.critic, self.critic_opt, self.real[j], self.real_y[j], fake, labels, classify
+        )
+        self.figures = {"critic": f"{d_loss.item():.3f}", "adv": f"{g_loss.item():.3f}"}
+        return cfg.mean_critic * g_loss + (cfg.class_weight * c_loss if classify else 0.0)
+
+    def extras(self) -> dict:
+        return {"critic": self.critic, "critic_optimizer": self.critic_opt} if self.cfg.mean_critic else {}
+
+    def postfix(self, step: int) -> dict:
+        return self.figures
 
     def finish(self, model) -> None:
         model.register_to_config(default_step=1.0 / self.cfg.student_steps)
@@ -944,7 +992,10 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
     return _write_student(out, model, ema, cfg, state, fm, state.get("record", record), method)
 
 
-RECORD_DEFAULTS = {"mean_weight_power": 0.0}  # what a record written before the key existed meant
+RECORD_DEFAULTS = {
+    "mean_weight_power": 0.0,
+    "mean_critic": 0.0,
+}  # what a record written before the key existed meant
 
 
 def _check_same_run(out: Path, old: dict, record: dict) -> None:
@@ -959,6 +1010,7 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "mean_share",
         "mean_grid",
         "mean_weight_power",
+        "mean_critic",
         "grown_to",
         "data",
     ):
@@ -1055,8 +1107,8 @@ def add_arguments(p) -> None:
     )  # fmt: skip
     p.add_argument(
         "--class-weight", type=float, default=DistillConfig.class_weight,
-        help="adversarial: weight of the cross-entropy of the critic's class head (trained on real digits) "
-        "against each student digit's label, which keeps digits in their class (0: off)",
+        help="adversarial, and meanflow with --mean-critic: weight of the cross-entropy of the critic's class head "
+        "(trained on real digits) against each student digit's label, which keeps digits in their class (0: off)",
     )  # fmt: skip
     p.add_argument(
         "--critic-warmup", type=int, default=DistillConfig.critic_warmup,
@@ -1065,7 +1117,7 @@ def add_arguments(p) -> None:
     )  # fmt: skip
     p.add_argument(
         "--critic-lr", type=float, default=DistillConfig.critic_lr,
-        help="adversarial: the critic's learning rate, constant (default: --lr)",
+        help="adversarial, and meanflow with --mean-critic: the critic's learning rate, constant (default: --lr)",
     )  # fmt: skip
     p.add_argument(
         "--mean-share", type=float, default=DistillConfig.mean_share,
@@ -1081,6 +1133,12 @@ def add_arguments(p) -> None:
         "--mean-weight-power", type=float, default=DistillConfig.mean_weight_power,
         help="meanflow: adaptive loss weighting, each row's error weighted by 1 / (error + c)^p (0.5: every row's "
         "gradient the same size; 1: MeanFlow's choice; 0: plain mean squared error)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mean-critic", type=float, default=DistillConfig.mean_critic, metavar="WEIGHT",
+        help="meanflow: add a critic (the one-step method's, trained on real --data digits in the same step) that "
+        "scores the student's own --student-steps digits from fresh noise, with this weight on its hinge term; "
+        "the last step gets the gradient (0: off). About twice the time of a step",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,

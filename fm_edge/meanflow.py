@@ -16,6 +16,10 @@ With ``weight_power`` p > 0 each row's squared error e is weighted by 1 / (e + c
 weight), the paper's adaptive loss weighting: p = 0.5 gives every row a gradient of the same size (a robust L2
 norm, as the pseudo-Huber loss of consistency training), so rows far off stop dominating the batch; p = 1 (the
 paper's choice) is about a loss on the log of each row's error.
+
+With a critic (``--mean-critic``) the student's own K-step digits from fresh noise (:func:`rollout_digits`)
+are also scored against real MNIST by the one-step net's critic (:mod:`fm_edge.critic`): the regression keeps
+every step on the teacher's flow, the critic judges the digits the sampler really draws.
 """
 
 from __future__ import annotations
@@ -35,6 +39,23 @@ def mean_velocity_target(student, z, t, h, v, labels):
 
     u, dudt = torch.func.jvp(u_of, (z, t, h), (v, torch.ones_like(t), torch.ones_like(h)))
     return u, (v - h.view(-1, 1, 1, 1) * dudt).detach()
+
+
+def rollout_digits(student, noise, labels, steps: int):
+    """The digits the student's own ``steps``-step Euler sampler draws from ``noise`` (t on the grid 1, 1 - 1/K,
+    ..., 1/K, each step of length 1/K): the first K - 1 steps without gradient, the last one with it."""
+    import torch
+
+    z, h = noise, 1.0 / steps
+    step = torch.full((len(noise),), h, device=noise.device)
+
+    def u(z_, t):
+        return student(z_, torch.full_like(step, t * T_SCALE), class_labels=labels, step_size=step).sample
+
+    with torch.no_grad():
+        for i in range(steps - 1):
+            z = z - h * u(z, 1.0 - i * h).float()
+    return z - h * u(z, h).float()
 
 
 def meanflow_loss(

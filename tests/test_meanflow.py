@@ -151,6 +151,36 @@ def test_meanflow_loss_in_bf16_follows_the_float32_loss():
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.95
 
 
+def test_rollout_digits_are_the_k_step_sampler_and_only_the_last_step_learns():
+    """The critic judges what the sampler draws: rollout_digits equals ``fm-edge sample``'s Euler loop on the
+    student (its default step 1/K), and its gradient is the last step's alone."""
+    from fm_edge.convention import T_SCALE
+    from fm_edge.meanflow import rollout_digits
+    from fm_edge.model import velocity_fn
+    from fm_edge.solvers import sample
+
+    student = randomized(with_step_input(build("tiny-digit-t")))
+    noise, y = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 4, 9])
+    for k in (1, 2, 4):
+        student.register_to_config(default_step=1.0 / k)
+        torch.testing.assert_close(
+            rollout_digits(student, noise, y, k).detach(), sample(velocity_fn(student), noise, y, k)
+        )
+    grads = []
+    for last_only in (False, True):
+        student.zero_grad()
+        if last_only:  # the same digits, with the first of the two steps taken outside the graph
+            with torch.no_grad():
+                z = noise - 0.5 * student(noise, torch.full((3,), T_SCALE), y, step_size=0.5).sample
+            out = z - 0.5 * student(z, torch.full((3,), 0.5 * T_SCALE), y, step_size=0.5).sample
+        else:
+            out = rollout_digits(student, noise, y, 2)
+        out.square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_grid_rows_take_the_steps_of_the_k_step_samplers(monkeypatch):
     """With grid step counts every step row is one step of a K-step Euler sampler (t on its grid, h = 1/K); the
     other rows have h = 0; without a grid, steps have random length below t."""
@@ -344,10 +374,56 @@ def test_meanflow_distill_in_bf16_and_channels_last_records_it(flow_teacher, tin
     assert model.config.default_step == 0.5
 
 
+def test_meanflow_critic_scores_the_students_digits_and_resumes_exactly(
+    flow_teacher, tiny_data, tmp_path, monkeypatch
+):
+    """--mean-critic adds the critic's terms (the student moves differently), the run records it, and its
+    checkpoints carry the critic and its optimizer, so an interrupted run resumes to the same weights."""
+    from safetensors.torch import load_file
+    from test_distill import _assert_same_run
+
+    import fm_edge.critic as c
+
+    kw = dict(mean_critic=0.5, class_weight=0.1, mean_grid=(2,))
+    plain = distill(mcfg(tmp_path / "plain", flow_teacher, tiny_data, mean_grid=(2,)), progress=False)
+    straight = distill(mcfg(tmp_path / "straight", flow_teacher, tiny_data, **kw), progress=False)
+    settings = json.loads((straight / "fm_edge.json").read_text())["distillation"]
+    assert settings["mean_critic"] == 0.5 and settings["settings"]["class_weight"] == 0.1
+    wp, ws = (load_file(f / "diffusion_pytorch_model.safetensors") for f in (plain, straight))
+    assert any(not torch.equal(wp[k], ws[k]) for k in wp)
+    assert not (plain.parent / "checkpoint-4" / "critic.safetensors").exists()
+    real, calls = c.critic_loss, []
+
+    def interrupt_in_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(c, "critic_loss", interrupt_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        distill(mcfg(tmp_path / "split", flow_teacher, tiny_data, **kw), progress=False)
+    monkeypatch.setattr(c, "critic_loss", real)
+    split = distill(mcfg(tmp_path / "split", flow_teacher, tiny_data, **kw), resume="latest", progress=False)
+    _assert_same_run(straight.parent, split.parent, 4)
+    for name in ("critic.safetensors", "critic_optimizer.safetensors"):
+        a, b = (load_file(p.parent / "checkpoint-4" / name) for p in (straight, split))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(UsageError, match="mean_critic=0.5, not 0.0"):  # a resume keeps the run's critic
+        distill(
+            mcfg(tmp_path / "split", flow_teacher, tiny_data, mean_grid=(2,)), resume="latest", progress=False
+        )
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
         (dict(mean_share=1.5), "--mean-share must be in \\[0, 1\\]"),
+        (dict(mean_critic=-0.1), "--mean-critic takes a finite weight >= 0 of --method meanflow"),
+        (dict(mean_critic=float("nan")), "--mean-critic takes a finite weight"),
+        (dict(method="regress", mean_critic=0.1), "--mean-critic takes .* of --method meanflow"),
+        (dict(class_weight=0.1), "--class-weight of --method meanflow .* add --mean-critic"),
+        (dict(class_weight=-1.0, mean_critic=0.1), "--class-weight must be a finite number >= 0"),
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
