@@ -229,7 +229,8 @@ def _curve_rows(run: Path, curve: Path, args, scratch: Path) -> list[dict]:
     return rows
 
 
-def plot(rows: list, n: int, path: Path, xlabel: str = "student images seen (thousands)") -> None:
+def plot(rows: list, n: int, path: Path, xlabel: str = "student images seen (thousands)", x=None) -> None:
+    """FD / floor per row against ``x(row)`` (default: images seen, in thousands), one line per label."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +239,8 @@ def plot(rows: list, n: int, path: Path, xlabel: str = "student images seen (tho
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for label in dict.fromkeys(r["label"] for r in rows):
         pts = [r for r in rows if r["label"] == label]
-        ax.plot([p["images_seen"] / 1e3 for p in pts], [p["ratio"] for p in pts], "o-", label=label)
+        xs = [x(p) if x else p["images_seen"] / 1e3 for p in pts]
+        ax.plot(xs, [p["ratio"] for p in pts], "o-", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"FD / real-data floor (n={n})")
     ax.set_yscale("log")

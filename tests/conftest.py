@@ -82,6 +82,21 @@ def load_script(name: str):
     return mod
 
 
+def interrupt_at_call(monkeypatch, module, name: str, n: int):
+    """Make ``module.name`` raise KeyboardInterrupt on its n-th call (Ctrl-C inside that training step);
+    returns the real function, to put back before the resume."""
+    real, calls = getattr(module, name), []
+
+    def interrupting(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, interrupting)
+    return real
+
+
 def sigkill_at_marker(cmd: list[str], marker: Path, what: str, timeout: float = 240):
     """Start ``cmd``, wait until it writes ``marker``, then SIGKILL it; the ended process (for its stderr)."""
     import signal

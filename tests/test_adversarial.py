@@ -317,6 +317,7 @@ def test_with_both_weights_zero_the_critic_does_no_work(distilled_teacher, tiny_
 
 
 def test_adversarial_interrupted_resumes_exactly(distilled_teacher, tiny_data, tmp_path, monkeypatch):
+    from conftest import interrupt_at_call
     from safetensors.torch import load_file
     from test_distill import _assert_same_run
 
@@ -326,15 +327,7 @@ def test_adversarial_interrupted_resumes_exactly(distilled_teacher, tiny_data, t
         acfg(tmp_path / "straight", distilled_teacher, distilled_teacher, tiny_data, max_steps=6),
         progress=False,
     )
-    real, calls = c.critic_loss, []
-
-    def interrupt_in_step_5(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(c, "critic_loss", interrupt_in_step_5)
+    real = interrupt_at_call(monkeypatch, c, "critic_loss", 5)
     with pytest.raises(KeyboardInterrupt):
         distill(
             acfg(tmp_path / "split", distilled_teacher, distilled_teacher, tiny_data, max_steps=6),

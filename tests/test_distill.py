@@ -133,19 +133,14 @@ def test_progressive_halves_the_teacher_grid(tiny_ckpt, tmp_path):
 
 
 def test_progressive_interrupted_after_the_round_change_resumes_exactly(tiny_ckpt, tmp_path, monkeypatch):
+    from conftest import interrupt_at_call
+
     import fm_edge.distill as d
 
     settings = dict(method="progressive", teacher_steps=4, teacher_solver="euler", max_steps=8)
     straight = distill(cfg(tmp_path / "straight", tiny_ckpt, **settings), progress=False)
-    real, calls = d.progressive_loss, []
-
-    def interrupt_in_step_7(*a, **k):
-        calls.append(1)
-        if len(calls) == 7:  # round 2 began at step 5; checkpoint-6 is the last complete one
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(d, "progressive_loss", interrupt_in_step_7)
+    # round 2 began at step 5; checkpoint-6 is the last complete one
+    real = interrupt_at_call(monkeypatch, d, "progressive_loss", 7)
     with pytest.raises(KeyboardInterrupt):
         distill(cfg(tmp_path / "split", tiny_ckpt, **settings), progress=False)
     monkeypatch.setattr(d, "progressive_loss", real)

@@ -379,6 +379,7 @@ def test_meanflow_critic_scores_the_students_digits_and_resumes_exactly(
 ):
     """--mean-critic adds the critic's terms (the student moves differently), the run records it, and its
     checkpoints carry the critic and its optimizer, so an interrupted run resumes to the same weights."""
+    from conftest import interrupt_at_call
     from safetensors.torch import load_file
     from test_distill import _assert_same_run
 
@@ -392,15 +393,7 @@ def test_meanflow_critic_scores_the_students_digits_and_resumes_exactly(
     wp, ws = (load_file(f / "diffusion_pytorch_model.safetensors") for f in (plain, straight))
     assert any(not torch.equal(wp[k], ws[k]) for k in wp)
     assert not (plain.parent / "checkpoint-4" / "critic.safetensors").exists()
-    real, calls = c.critic_loss, []
-
-    def interrupt_in_step_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(c, "critic_loss", interrupt_in_step_3)
+    real = interrupt_at_call(monkeypatch, c, "critic_loss", 3)
     with pytest.raises(KeyboardInterrupt):
         distill(mcfg(tmp_path / "split", flow_teacher, tiny_data, **kw), progress=False)
     monkeypatch.setattr(c, "critic_loss", real)

@@ -331,20 +331,13 @@ def test_regress_trains_a_few_step_net_that_samples_exports_and_quantizes(distil
 
 
 def test_regress_interrupted_resumes_exactly(tiny_ckpt, tmp_path, monkeypatch):
+    from conftest import interrupt_at_call
     from test_distill import _assert_same_run
 
     import fm_edge.distill as d
 
     straight = distill(rcfg(tmp_path / "straight", tiny_ckpt, cfg_scale=1.5, max_steps=6), progress=False)
-    real, calls = d.regress_loss, []
-
-    def interrupt_in_step_5(*a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(d, "regress_loss", interrupt_in_step_5)
+    real = interrupt_at_call(monkeypatch, d, "regress_loss", 5)
     with pytest.raises(KeyboardInterrupt):
         distill(rcfg(tmp_path / "split", tiny_ckpt, cfg_scale=1.5, max_steps=6), progress=False)
     monkeypatch.setattr(d, "regress_loss", real)
