@@ -78,6 +78,7 @@ class DistillConfig:
     ] = ()  # meanflow: step rows take the steps of these K-step samplers (): any r < t
     mean_weight_power: float = 0.0  # meanflow: adaptive loss weighting 1 / (error + c)^p (0: plain MSE)
     mean_critic: float = 0.0  # meanflow: weight of a critic's hinge term on the student's own K-step digits
+    critic_steps: tuple[int, ...] = ()  # meanflow --mean-critic: the sampler step counts it scores (): K
     rollout: float = 0.0  # K-step regress/adversarial: share of rows at the student's own state, not the path
     pairs: int = 4096
     teacher_steps: int | None = None  # None: the teacher's recommended steps (progressive: a power of 2)
@@ -130,6 +131,14 @@ class DistillConfig:
         ):
             raise UsageError(
                 f"--mean-critic takes a finite weight >= 0 of --method meanflow, got {self.mean_critic}"
+            )
+        if self.critic_steps and (
+            not self.mean_critic
+            or any(k not in ADVERSARIAL_STEPS or k % self.student_steps for k in self.critic_steps)
+        ):
+            raise UsageError(
+                "--critic-steps takes step counts 1, 2, 4 or 8 that are multiples of --student-steps "
+                f"({self.student_steps}), with --mean-critic; got {list(self.critic_steps)}"
             )
         if self.method == "meanflow" and self.class_weight:
             if not (self.class_weight > 0 and math.isfinite(self.class_weight)):
@@ -812,7 +821,7 @@ class MeanFlow(Method):
 
             record.update(init=str(self.init), init_sha256=weights_hash(self.init))
         record.update(grown_to=self.cfg.grow_to)
-        record.update(mean_critic=self.cfg.mean_critic)
+        record.update(mean_critic=self.cfg.mean_critic, critic_steps=list(self.cfg.critic_steps))
         self.figures: dict = {}
         if self.cfg.mean_critic:
             from fm_edge.critic import new_critic
@@ -857,7 +866,7 @@ class MeanFlow(Method):
 
     def _critic_terms(self, step: int, gen):
         """The critic's round on the student's K-step digits from fresh noise (labels 0-9) against real
-        digits; the student's weighted hinge and class terms."""
+        digits, K drawn from ``critic_steps``; the student's weighted hinge and class terms."""
         import torch
 
         from fm_edge.convention import NUM_CLASSES
@@ -867,7 +876,9 @@ class MeanFlow(Method):
         cfg, b = self.cfg, self.cfg.batch_size
         noise = torch.randn((b, 1, *self.real.shape[2:]), generator=gen).to(self.device)
         labels = torch.randint(0, NUM_CLASSES, (b,), generator=gen).to(self.device)
-        fake = rollout_digits(self.model, noise, labels, cfg.student_steps)
+        steps = cfg.critic_steps or (cfg.student_steps,)
+        k = steps[int(torch.randint(len(steps), (1,), generator=gen))] if len(steps) > 1 else steps[0]
+        fake = rollout_digits(self.model, noise, labels, k)
         j = self.real_order.batch(step, b)
         classify = cfg.class_weight > 0
         d_loss, g_loss, c_loss = critic_round(
@@ -995,6 +1006,7 @@ def distill(cfg: DistillConfig, resume: str | None = None, progress: bool = True
 RECORD_DEFAULTS = {
     "mean_weight_power": 0.0,
     "mean_critic": 0.0,
+    "critic_steps": [],
 }  # what a record written before the key existed meant
 
 
@@ -1011,6 +1023,7 @@ def _check_same_run(out: Path, old: dict, record: dict) -> None:
         "mean_grid",
         "mean_weight_power",
         "mean_critic",
+        "critic_steps",
         "grown_to",
         "data",
     ):
@@ -1139,6 +1152,12 @@ def add_arguments(p) -> None:
         help="meanflow: add a critic (the one-step method's, trained on real --data digits in the same step) that "
         "scores the student's own --student-steps digits from fresh noise, with this weight on its hinge term; "
         "the last step gets the gradient (0: off). About twice the time of a step",
+    )  # fmt: skip
+    p.add_argument(
+        "--critic-steps", type=int, nargs="+", default=(),
+        help="meanflow with --mean-critic: the critic scores the digits of these K-step samplers, one drawn per "
+        "step (multiples of --student-steps, e.g. 4 8: the 8-step sampler splits each step; default: "
+        "--student-steps)",
     )  # fmt: skip
     p.add_argument(
         "--rollout", type=float, default=DistillConfig.rollout,

@@ -408,6 +408,30 @@ def test_meanflow_critic_scores_the_students_digits_and_resumes_exactly(
         )
 
 
+def test_critic_steps_choose_the_samplers_the_critic_scores(flow_teacher, tiny_data, tmp_path, monkeypatch):
+    """The critic scores the --student-steps sampler by default, else one of --critic-steps per step."""
+    import fm_edge.meanflow as mf
+
+    real, seen = mf.rollout_digits, []
+
+    def spy(student, noise, labels, steps):
+        seen.append(steps)
+        return real(student, noise, labels, steps)
+
+    monkeypatch.setattr(mf, "rollout_digits", spy)
+    for steps, expect in (((), {2}), ((4,), {4}), ((2, 4), {2, 4})):
+        seen.clear()
+        folder = distill(
+            mcfg(tmp_path / f"run{len(steps)}", flow_teacher, tiny_data, mean_critic=0.5, critic_steps=steps,
+                 max_steps=12, checkpoint_every=6),
+            progress=False,
+        )  # fmt: skip
+        assert set(seen) == expect and len(seen) == 12
+        assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["critic_steps"] == list(
+            steps
+        )
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -417,6 +441,9 @@ def test_meanflow_critic_scores_the_students_digits_and_resumes_exactly(
         (dict(method="regress", mean_critic=0.1), "--mean-critic takes .* of --method meanflow"),
         (dict(class_weight=0.1), "--class-weight of --method meanflow .* add --mean-critic"),
         (dict(class_weight=-1.0, mean_critic=0.1), "--class-weight must be a finite number >= 0"),
+        (dict(critic_steps=(4,)), "--critic-steps takes .* with --mean-critic"),
+        (dict(critic_steps=(3,), mean_critic=0.1), "--critic-steps takes step counts 1, 2, 4 or 8"),
+        (dict(critic_steps=(1,), mean_critic=0.1), "multiples of --student-steps \\(2\\)"),
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
