@@ -63,15 +63,14 @@ def generator_loss(critic, fake, labels):
             p.requires_grad_(True)
 
 
-def new_critic(seed: int, lr: float, device):
-    """A fresh critic, its first weights drawn from ``seed``, and its AdamW with the usual GAN momentum (the
-    critic's target moves every step)."""
+def new_critic(seed: int, lr: float, betas: tuple[float, float], device):
+    """A fresh critic, its first weights drawn from ``seed``, and its AdamW with these ``betas``."""
     import torch
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         critic = Critic().to(device)
-    return critic, torch.optim.AdamW(critic.parameters(), lr=lr, betas=(0.5, 0.99), weight_decay=0.0)
+    return critic, torch.optim.AdamW(critic.parameters(), lr=lr, betas=betas, weight_decay=0.0)
 
 
 def critic_round(

@@ -54,6 +54,10 @@ ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial, regress and meanflow method
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
+GAN_BETAS = (
+    0.5,
+    0.99,
+)  # Adam momentum of a critic and the student it trains: the critic's target moves every step
 
 
 @dataclass
@@ -109,11 +113,14 @@ class DistillConfig:
         if self.method == "adversarial":
             if self.init is None:
                 raise UsageError("--method adversarial starts from an existing net: pass --init DIR")
-            for flag, weight in (("--adv-weight", self.adv_weight), ("--class-weight", self.class_weight)):
-                if not (weight >= 0 and math.isfinite(weight)):
-                    raise UsageError(f"{flag} must be a finite number >= 0, got {weight}")
+            if not (self.adv_weight >= 0 and math.isfinite(self.adv_weight)):
+                raise UsageError(f"--adv-weight must be a finite number >= 0, got {self.adv_weight}")
         elif self.init is not None and self.method != "meanflow":
             raise UsageError(f"--init is for --method adversarial or meanflow, not {self.method}")
+        if self.method in ("adversarial", "meanflow") and not (
+            self.class_weight >= 0 and math.isfinite(self.class_weight)
+        ):
+            raise UsageError(f"--class-weight must be a finite number >= 0, got {self.class_weight}")
         if not 0 <= self.mean_share <= 1:
             raise UsageError(f"--mean-share must be in [0, 1], got {self.mean_share}")
         if any(k not in ADVERSARIAL_STEPS for k in self.mean_grid) or (
@@ -140,13 +147,10 @@ class DistillConfig:
                 "--critic-steps takes step counts 1, 2, 4 or 8 that are multiples of --student-steps "
                 f"({self.student_steps}), with --mean-critic; got {list(self.critic_steps)}"
             )
-        if self.method == "meanflow" and self.class_weight:
-            if not (self.class_weight > 0 and math.isfinite(self.class_weight)):
-                raise UsageError(f"--class-weight must be a finite number >= 0, got {self.class_weight}")
-            if not self.mean_critic:
-                raise UsageError(
-                    "--class-weight of --method meanflow weighs the critic's class head: add --mean-critic"
-                )
+        if self.method == "meanflow" and self.class_weight and not self.mean_critic:
+            raise UsageError(
+                "--class-weight of --method meanflow weighs the critic's class head: add --mean-critic"
+            )
         if self.grow_to is not None and self.method != "meanflow":
             raise UsageError(f"--grow-to widens the start net of --method meanflow, not {self.method}")
         if not 0 <= self.rollout <= 1:
@@ -598,7 +602,7 @@ class Adversarial(Pairs):
     path (reflow) and the critic scores the digit the student estimates from there, x_t - t v, from the same
     forward pass as the regression."""
 
-    betas = (0.5, 0.99)  # the usual GAN momentum: the critic's target moves every step
+    betas = GAN_BETAS
 
     @property
     def rests(self) -> bool:
@@ -646,7 +650,7 @@ class Adversarial(Pairs):
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
         # the critic keeps its rate throughout (its warm-up is what the student's lr 0 is for)
         self.critic, self.critic_opt = new_critic(
-            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, self.device
+            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device
         )
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
@@ -827,7 +831,7 @@ class MeanFlow(Method):
             from fm_edge.critic import new_critic
 
             self.critic, self.critic_opt = new_critic(
-                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, self.device
+                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device
             )
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
 
