@@ -21,8 +21,8 @@ HELP = {
         "Writes checkpoint-<step>/ folders (weights, EMA, optimizer; atomic) and, at the end, model/: a diffusers save_pretrained folder with the EMA weights, fm_edge.json and a model card.",
     ),
     "distill": (
-        "distill a guided teacher into a one-step student (guidance baked in; resumable)",
-        "Writes checkpoint-<step>/ folders (atomic, resumable like train) and model/: a checkpoint of the same UNet that samples in 1 (or 2) Euler steps with one network evaluation per step and no CFG batch.",
+        "distill a guided teacher into a 1-, 2-, 4- or 8-step student (guidance baked in; resumable)",
+        "Writes checkpoint-<step>/ folders (atomic, resumable like train) and model/: a checkpoint that samples in --student-steps Euler steps with one network evaluation per step and no CFG batch.",
     ),
     "sample": (
         "sample digits in a few ODE steps",
