@@ -54,10 +54,8 @@ ADVERSARIAL_STEPS = (1, 2, 4, 8)  # the adversarial, regress and meanflow method
 CHUNK = 1024  # teacher pairs per cached file (a kill during generation loses at most one chunk)
 PAIRS_DIR = "pairs"
 ROUNDS_DIR = "rounds"
-GAN_BETAS = (
-    0.5,
-    0.99,
-)  # Adam momentum of a critic and the student it trains: the critic's target moves every step
+# Adam momentum of a critic and the student it trains: the critic's target moves every step
+GAN_BETAS = (0.5, 0.99)
 
 
 @dataclass
