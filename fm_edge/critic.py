@@ -11,6 +11,8 @@ continues the same game), the shipped student does not.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
@@ -63,13 +65,42 @@ def generator_loss(critic, fake, labels):
             p.requires_grad_(True)
 
 
-def new_critic(seed: int, lr: float, betas: tuple[float, float], device):
-    """A fresh critic, its first weights drawn from ``seed``, and its AdamW with these ``betas``."""
+def critic_path(path: str) -> Path:
+    """A run's ``checkpoint-N`` folder -> its ``critic.safetensors``; a file stays itself."""
+    return Path(path) / "critic.safetensors" if Path(path).is_dir() else Path(path)
+
+
+def critic_weights(path: str) -> dict:
+    """The critic weights of ``--critic-init`` (a run's ``checkpoint-N`` folder, or its ``critic.safetensors``),
+    checked against a fresh critic; a UsageError names what is wrong."""
+    from safetensors.torch import load_file
+
+    from fm_edge.errors import UsageError
+
+    file = critic_path(path)
+    if not file.is_file():
+        raise UsageError(
+            f"--critic-init: no critic weights at {str(file)!r} (give a run's checkpoint-N folder)"
+        )
+    try:
+        weights = load_file(file)
+        Critic().load_state_dict(weights)
+    except Exception as exc:
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0].rstrip(":")
+        raise UsageError(f"--critic-init: {str(file)!r} is not a critic's weights ({first})") from None
+    return weights
+
+
+def new_critic(seed: int, lr: float, betas: tuple[float, float], device, init: str | None = None):
+    """A critic, its first weights drawn from ``seed`` or, with ``init``, an earlier run's critic (a warm
+    start: :func:`critic_weights`), and a fresh AdamW with these ``betas``."""
     import torch
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         critic = Critic().to(device)
+    if init is not None:
+        critic.load_state_dict(critic_weights(init))
     return critic, torch.optim.AdamW(critic.parameters(), lr=lr, betas=betas, weight_decay=0.0)
 
 

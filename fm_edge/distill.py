@@ -74,6 +74,7 @@ class DistillConfig:
     class_weight: float = 0.0  # adversarial: weight of the critic's class head's cross-entropy on the digits
     critic_warmup: int = 0  # adversarial: first steps that train only the critic (the student holds still)
     critic_lr: float | None = None  # adversarial: the critic's learning rate (None: --lr)
+    critic_init: str | None = None  # a critic's warm start: an earlier run's checkpoint-N folder
     mean_share: float = 0.5  # meanflow: share of rows with a step r < t (the rest learn the velocity, r = t)
     mean_grid: tuple[
         int, ...
@@ -160,6 +161,17 @@ class DistillConfig:
             )
         if self.critic_lr is not None and not (self.critic_lr > 0 and math.isfinite(self.critic_lr)):
             raise UsageError(f"--critic-lr must be a finite number > 0, got {self.critic_lr}")
+        if self.critic_init is not None:
+            if not (
+                self.mean_critic or (self.method == "adversarial" and (self.adv_weight or self.class_weight))
+            ):
+                raise UsageError(
+                    "--critic-init warm-starts the critic of --method adversarial or of --method meanflow "
+                    "with --mean-critic"
+                )
+            from fm_edge.critic import critic_weights
+
+            critic_weights(self.critic_init)
         if not 0 <= self.critic_warmup < self.max_steps:
             raise UsageError(
                 f"--critic-warmup must be >= 0 and below --max-steps ({self.max_steps}), got {self.critic_warmup}"
@@ -486,6 +498,15 @@ class Method:
     def prepare(self, record: dict, progress: bool) -> None:
         """Whatever every step needs, made before the student (and noted in the run's record)."""
 
+    def _record_critic_init(self, record: dict) -> None:
+        """Note a warm-started critic (``--critic-init``) and its weights' sha256 in the run's record."""
+        if self.cfg.critic_init is not None:
+            from fm_edge.artifacts import sha256
+            from fm_edge.critic import critic_path
+
+            file = critic_path(self.cfg.critic_init)
+            record.update(critic_init=str(file), critic_init_sha256=sha256(file))
+
     def student(self):
         from fm_edge.model import load
 
@@ -648,8 +669,9 @@ class Adversarial(Pairs):
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
         # the critic keeps its rate throughout (its warm-up is what the student's lr 0 is for)
         self.critic, self.critic_opt = new_critic(
-            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device
+            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device, self.cfg.critic_init
         )
+        self._record_critic_init(record)
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
         if self.add_t:
@@ -829,8 +851,9 @@ class MeanFlow(Method):
             from fm_edge.critic import new_critic
 
             self.critic, self.critic_opt = new_critic(
-                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device
+                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device, self.cfg.critic_init
             )
+            self._record_critic_init(record)
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
 
     def student(self):
@@ -1133,6 +1156,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--critic-lr", type=float, default=DistillConfig.critic_lr,
         help="adversarial, and meanflow with --mean-critic: the critic's learning rate, constant (default: --lr)",
+    )  # fmt: skip
+    p.add_argument(
+        "--critic-init", default=DistillConfig.critic_init, metavar="CHECKPOINT",
+        help="adversarial, and meanflow with --mean-critic: start the critic from an earlier run's critic (its "
+        "checkpoint-N folder) instead of fresh weights, so a new stage skips the first steps of a fresh critic",
     )  # fmt: skip
     p.add_argument(
         "--mean-share", type=float, default=DistillConfig.mean_share,

@@ -432,6 +432,39 @@ def test_critic_steps_choose_the_samplers_the_critic_scores(flow_teacher, tiny_d
         )
 
 
+def test_critic_init_starts_the_critic_from_an_earlier_runs_critic(
+    flow_teacher, tiny_data, tmp_path, monkeypatch
+):
+    """--critic-init: the critic's first round sees the earlier run's critic (not fresh weights), and the run
+    records which file it started from."""
+    from safetensors.torch import load_file
+
+    import fm_edge.critic as c
+    from fm_edge.artifacts import sha256
+
+    kw = dict(mean_critic=0.5, mean_grid=(2,))
+    distill(mcfg(tmp_path / "first", flow_teacher, tiny_data, **kw), progress=False)
+    earlier = tmp_path / "first" / "checkpoint-4"
+    real, first_seen = c.critic_loss, []
+
+    def spy(critic, *a, **k):
+        if not first_seen:
+            first_seen.append({n: v.detach().clone() for n, v in critic.state_dict().items()})
+        return real(critic, *a, **k)
+
+    monkeypatch.setattr(c, "critic_loss", spy)
+    warm = distill(
+        mcfg(tmp_path / "warm", flow_teacher, tiny_data, critic_init=str(earlier), **kw), progress=False
+    )
+    want = load_file(earlier / "critic.safetensors")
+    assert first_seen[0].keys() == want.keys() and all(torch.equal(first_seen[0][k], want[k]) for k in want)
+    rec = json.loads((warm / "fm_edge.json").read_text())["distillation"]
+    assert rec["critic_init_sha256"] == sha256(earlier / "critic.safetensors")
+    first_seen.clear()
+    distill(mcfg(tmp_path / "fresh", flow_teacher, tiny_data, **kw), progress=False)
+    assert any(not torch.equal(first_seen[0][k], want[k]) for k in want)
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
@@ -445,6 +478,9 @@ def test_critic_steps_choose_the_samplers_the_critic_scores(flow_teacher, tiny_d
         (dict(critic_steps=(3,), mean_critic=0.1), "--critic-steps takes step counts 1, 2, 4 or 8"),
         (dict(critic_steps=(1,), mean_critic=0.1), "multiples of --student-steps \\(2\\)"),
         (dict(student_steps=3), "--student-steps must be 1, 2, 4 or 8"),
+        (dict(critic_init="MISSING"), "--critic-init warm-starts the critic of .* with --mean-critic"),
+        (dict(critic_init="MISSING", mean_critic=0.1), "--critic-init: no critic weights at .*missing"),
+        (dict(critic_init="GARBAGE", mean_critic=0.1), "--critic-init: .* is not a critic's weights"),
         (dict(teacher="UNET"), "needs a '-t' OneStepNet flow teacher"),
         (dict(data="NODATA"), "holds no MNIST 'train' split"),
         (dict(mean_grid=(1, 3)), "--mean-grid takes step counts 1, 2, 4 or 8"),
@@ -468,6 +504,11 @@ def test_meanflow_bad_settings_are_one_usage_error(kw, match, flow_teacher, tiny
         kw["init"] = str(flow_net_folder(tmp_path / "timefree", "tiny-digit"))
     elif kw.get("init") == "NOFOLDER":
         kw["init"] = str(tmp_path / "missing")
+    if kw.get("critic_init") == "MISSING":
+        kw["critic_init"] = str(tmp_path / "missing")
+    elif kw.get("critic_init") == "GARBAGE":
+        (tmp_path / "critic.safetensors").write_bytes(b"not weights")
+        kw["critic_init"] = str(tmp_path)
     with pytest.raises(UsageError, match=match):
         distill(mcfg(tmp_path / "out", teacher, data, **kw), progress=False)
     assert not (tmp_path / "out").exists()
