@@ -6,7 +6,8 @@ plus a projection term, the inner product of the features with a learned embeddi
 keeps the hinge game stable without a gradient penalty. A linear class head on the same features (an
 auxiliary classifier, trained on real digits only) lets the student be penalised for a digit that reads as
 another class (``--class-weight``). It exists only during training: the checkpoints hold it (so ``--resume``
-continues the same game), the shipped student does not.
+continues the same game, and ``--critic-init`` starts the next stage's critic from it), the shipped student
+does not.
 """
 
 from __future__ import annotations
