@@ -76,7 +76,7 @@ def critic_weights(path: str) -> dict:
     checked against a fresh critic; a UsageError names what is wrong."""
     from safetensors.torch import load_file
 
-    from fm_edge.errors import UsageError
+    from fm_edge.errors import UsageError, first_line
 
     file = critic_path(path)
     if not file.is_file():
@@ -87,8 +87,8 @@ def critic_weights(path: str) -> dict:
         weights = load_file(file)
         Critic().load_state_dict(weights)
     except Exception as exc:
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0].rstrip(":")
-        raise UsageError(f"--critic-init: {str(file)!r} is not a critic's weights ({first})") from None
+        why = first_line(exc).rstrip(":")
+        raise UsageError(f"--critic-init: {str(file)!r} is not a critic's weights ({why})") from None
     return weights
 
 

@@ -11,3 +11,9 @@ class UsageError(FmEdgeError, ValueError):
     """A bad argument or input value: names the value and what is allowed (exit code 2)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 from fm_edge import __version__
 from fm_edge.artifacts import FM_CONFIG, SHIPPED, WEIGHTS
 from fm_edge.convention import CONVENTION, MODEL_SIZE, NUM_CLASS_EMBEDS, T_SCALE
-from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.errors import FmEdgeError, UsageError, first_line
 from fm_edge.sampler_spec import SamplerSpec, check_net_steps
 
 _BASE = dict(
@@ -215,8 +215,7 @@ def load(folder: str | os.PathLike | None = None, device: str = "cpu"):
     try:
         model = cls.from_pretrained(path, use_safetensors=True)
     except Exception as exc:  # diffusers raises OSError/ValueError/SafetensorError for bad files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FmEdgeError(f"checkpoint {str(path)!r} could not be loaded: {msg}") from None
+        raise FmEdgeError(f"checkpoint {str(path)!r} could not be loaded: {first_line(exc)}") from None
     # diffusers leaves parameters that the weights file does not name on the meta device
     empty = [name for name, p in model.named_parameters() if p.is_meta]
     if empty:

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fm_edge.convention import SAMPLER_INPUTS, T_SCALE, VELOCITY_INPUTS, check_labels, check_model_input
-from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.errors import FmEdgeError, UsageError, first_line
 from fm_edge.sampler_spec import SamplerSpec
 from fm_edge.solvers import check_cfg
 
@@ -83,14 +83,8 @@ def _why_invalid(path: Path) -> str | None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:  # ValidationError, DecodeError, ...
-        text = str(exc).strip()
-        return text.splitlines()[0] if text else type(exc).__name__
+        return first_line(exc)
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _OnnxModel:
@@ -123,7 +117,7 @@ class _OnnxModel:
         except (
             Exception
         ) as exc:  # InvalidProtobuf, InvalidGraph, Fail, ... (onnx.checker passed, or is absent)
-            raise FmEdgeError(f"{str(self.path)!r} is not a valid ONNX model: {_first_line(exc)}") from None
+            raise FmEdgeError(f"{str(self.path)!r} is not a valid ONNX model: {first_line(exc)}") from None
         found = {i.name: i.type for i in self.session.get_inputs()}
         if found != self.expected_inputs:
             want = ", ".join(f"{k} {v}" for k, v in self.expected_inputs.items())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fm_edge.errors import FmEdgeError, UsageError
+from fm_edge.errors import FmEdgeError, UsageError, first_line
 from fm_edge.quantize import graph as G
 from fm_edge.quantize.calibrate import INPUT_NAMES, MIN_NOISES, Trajectories, reader
 from fm_edge.quantize.recipe import Recipe, get
@@ -165,8 +165,7 @@ def quantize_velocity(
         except UsageError:
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise FmEdgeError(f"ORT static quantization failed: {msg}") from None
+            raise FmEdgeError(f"ORT static quantization failed: {first_line(exc)}") from None
         q = onnx.load(str(raw))
     pass_counts = _apply_passes(q, recipe)
     meta = {p.key: p.value for p in fp32.metadata_props}
