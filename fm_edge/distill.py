@@ -498,13 +498,18 @@ class Method:
     def prepare(self, record: dict, progress: bool) -> None:
         """Whatever every step needs, made before the student (and noted in the run's record)."""
 
-    def _record_critic_init(self, record: dict) -> None:
-        """Note a warm-started critic (``--critic-init``) and its weights' sha256 in the run's record."""
-        if self.cfg.critic_init is not None:
-            from fm_edge.artifacts import sha256
-            from fm_edge.critic import critic_path
+    def _new_critic(self, record: dict) -> None:
+        """The critic and its optimizer (fresh, or from ``--critic-init``, noted with its sha256 in the record)."""
+        from fm_edge.critic import critic_path, new_critic
 
-            file = critic_path(self.cfg.critic_init)
+        init = self.cfg.critic_init
+        self.critic, self.critic_opt = new_critic(
+            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device, init
+        )
+        if init is not None:
+            from fm_edge.artifacts import sha256
+
+            file = critic_path(init)
             record.update(critic_init=str(file), critic_init_sha256=sha256(file))
 
     def student(self):
@@ -658,7 +663,6 @@ class Adversarial(Pairs):
         import torch
 
         from fm_edge.artifacts import weights_hash
-        from fm_edge.critic import new_critic
         from fm_edge.data import HUB_ID, model_space
         from fm_edge.loop import EpochOrder
 
@@ -668,10 +672,7 @@ class Adversarial(Pairs):
             self.real_y = torch.from_numpy(self.labels).to(self.device)
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
         # the critic keeps its rate throughout (its warm-up is what the student's lr 0 is for)
-        self.critic, self.critic_opt = new_critic(
-            self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device, self.cfg.critic_init
-        )
-        self._record_critic_init(record)
+        self._new_critic(record)
         data = None if self.rests else self.cfg.data or HUB_ID
         record.update(init=str(self.init), init_sha256=weights_hash(self.init), data=data)
         if self.add_t:
@@ -848,12 +849,7 @@ class MeanFlow(Method):
         record.update(mean_critic=self.cfg.mean_critic, critic_steps=list(self.cfg.critic_steps))
         self.figures: dict = {}
         if self.cfg.mean_critic:
-            from fm_edge.critic import new_critic
-
-            self.critic, self.critic_opt = new_critic(
-                self.cfg.seed, self.cfg.critic_lr or self.cfg.lr, GAN_BETAS, self.device, self.cfg.critic_init
-            )
-            self._record_critic_init(record)
+            self._new_critic(record)
             self.real_order = EpochOrder(len(self.labels), self.cfg.batch_size, self.cfg.seed + 1)
 
     def student(self):
