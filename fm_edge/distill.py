@@ -295,7 +295,7 @@ def teacher_pairs(
                 x1, y = pair_chunk_inputs(cfg.seed, c, CHUNK)
                 x1, y = x1[:n], y[:n]
                 if backend is None:
-                    name = pick_backend("auto", teacher, device=device)
+                    name = pick_backend("auto", teacher, device=device, steps=s.steps)
                     backend = make_backend(name, teacher, cfg.num_threads, device)
                 x0 = generate(
                     backend, y, s, noise=x1, raw=True,

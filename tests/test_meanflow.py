@@ -276,6 +276,18 @@ def test_distill_meanflow_writes_a_k_step_student_that_samples_and_exports(flow_
         shutil.copy(out / name, folder / "onnx" / name)
     assert pick_backend("auto", folder, steps=2) == "onnx" and pick_backend("auto", folder) == "onnx"
     assert pick_backend("auto", folder, steps=4) == "torch"  # its export runs 2 steps only
+    # as a teacher: pairs at its own 2 steps come from that export, 4-step pairs from torch (not an error)
+    from fm_edge.distill import teacher_pairs
+
+    for steps, backend in ((2, "onnx"), (4, "torch")):
+        record = {}
+        pairs_cfg = mcfg(tmp_path / f"pairs{steps}", folder, tiny_data, method="regress", pairs=4)
+        x1, y, x0 = teacher_pairs(pairs_cfg, folder, SamplerSpec("euler", steps, 1.0), "cpu", False, record)
+        assert record["pairs_backend"] == backend
+        ref = generate(
+            torch_backend(folder, num_threads=1), y, SamplerSpec("euler", steps, 1.0), noise=x1, raw=True
+        )
+        np.testing.assert_allclose(x0, ref, atol=1e-4)
     out4 = tmp_path / "onnx4"
     assert main(["export", "--model", str(folder), "--sampler-steps", "4", "-o", str(out4)]) == 0
     assert onnx_metadata(out4 / "velocity.onnx")["mean_flow_step"] == "0.25"
