@@ -89,6 +89,9 @@ class DistillConfig:
     batch_size: int = 64
     lr: float = 3e-4
     lr_schedule: str = "constant"  # progressive: decays within each round; pairs: over the run
+    warmup_steps: int = (
+        0  # linear learning-rate warm-up (progressive: of each round; adversarial: after the critic's)
+    )
     max_steps: int = 1000
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -200,6 +203,10 @@ class DistillConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(
                 f"unknown --lr-schedule {self.lr_schedule!r}: choose one of {', '.join(LR_SCHEDULES)}"
+            )
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise UsageError(
+                f"--warmup-steps must be >= 0 and below --max-steps ({self.max_steps}), got {self.warmup_steps}"
             )
         if not 0 <= self.t1_fraction <= 1:
             raise UsageError(f"t1 fraction must be in [0, 1], got {self.t1_fraction}")
@@ -524,7 +531,7 @@ class Method:
     def lr_factor(self, step: int) -> float:
         from fm_edge.loop import lr_factor
 
-        return lr_factor(step, self.cfg.max_steps, 0, self.cfg.lr_schedule)
+        return lr_factor(step, self.cfg.max_steps, self.cfg.warmup_steps, self.cfg.lr_schedule)
 
     def loss(self, step: int, gen) -> tuple:
         raise NotImplementedError
@@ -699,7 +706,8 @@ class Adversarial(Pairs):
         from fm_edge.loop import lr_factor
 
         w = self.cfg.critic_warmup
-        return 0.0 if step < w else lr_factor(step - w, self.cfg.max_steps - w, 0, self.cfg.lr_schedule)
+        cfg = self.cfg
+        return 0.0 if step < w else lr_factor(step - w, cfg.max_steps - w, cfg.warmup_steps, cfg.lr_schedule)
 
     def postfix(self, step: int) -> dict:
         return self.figures
@@ -768,7 +776,7 @@ class Progressive(Method):
         cfg, n = self.cfg, self.n_rounds
         r = round_at(step, cfg, n)
         start, end = round_start(r, cfg, n), round_start(r + 1, cfg, n)
-        return lr_factor(step - start, end - start, 0, cfg.lr_schedule)
+        return lr_factor(step - start, end - start, cfg.warmup_steps, cfg.lr_schedule)
 
     def loss(self, step: int, gen) -> tuple:
         import torch
@@ -1218,7 +1226,12 @@ def add_arguments(p) -> None:
         choices=TEACHER_SOLVERS,
         help="teacher ODE solver (default: the teacher's; progressive: euler only)",
     )
-    lr_schedule_flag(p, "constant, or a decay to 0 (progressive: within each round)")
+    lr_schedule_flag(
+        p, "constant, or a decay to 0 (progressive: within each round)", DistillConfig.warmup_steps,
+        "linear learning-rate warm-up steps (progressive: of each round; adversarial: after --critic-warmup). "
+        "A run from trained weights (--init) starts with a fresh AdamW, whose first steps move every weight by "
+        "about --lr; a warm-up keeps them small",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64, help="student rows per step")
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (peak, with --lr-schedule)")
     p.add_argument("--max-steps", type=int, default=1000, help="student training steps")

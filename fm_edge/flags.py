@@ -58,10 +58,12 @@ def sampler_flags(p: argparse.ArgumentParser, steps_flag: str = "--steps", what:
     )  # fmt: skip
 
 
-def lr_schedule_flag(p: argparse.ArgumentParser, what: str) -> None:
+def lr_schedule_flag(p: argparse.ArgumentParser, what: str, warmup: int, warmup_what: str) -> None:
+    """--lr-schedule and --warmup-steps (a linear warm-up of ``warmup`` steps by default)."""
     from fm_edge.loop import LR_SCHEDULES
 
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help=what)
+    p.add_argument("--warmup-steps", type=int, default=warmup, help=warmup_what)
 
 
 def config_from_args(cls, args: argparse.Namespace):

@@ -252,8 +252,10 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--batch-size", type=int, default=128, help="images per step (per process)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
-    p.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps")
-    lr_schedule_flag(p, "after warm-up: constant, or a decay that reaches 0 at the last step")
+    lr_schedule_flag(
+        p, "after warm-up: constant, or a decay that reaches 0 at the last step", TrainConfig.warmup_steps,
+        "linear learning-rate warm-up steps",
+    )  # fmt: skip
     p.add_argument("--epochs", type=float, default=10.0, help="passes over the training set")
     p.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)"

@@ -125,6 +125,28 @@ def test_critic_warmup_trains_only_the_critic_then_the_student(distilled_teacher
     assert json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]["critic_warmup"] == 2
 
 
+def test_warmup_steps_shrink_the_first_steps_from_trained_weights(distilled_teacher, tiny_data, tmp_path):
+    """A run from a trained --init starts with a fresh AdamW, whose first step moves every weight by about
+    --lr whatever the gradient's size; --warmup-steps W makes that step lr / W, after the critic's warm-up."""
+    from safetensors.torch import load_file
+
+    from fm_edge.model import load
+
+    init = load(distilled_teacher)[0].state_dict()
+    moved = {}
+    for warmup in (0, 4):
+        out = tmp_path / f"w{warmup}"
+        c = acfg(out, distilled_teacher, distilled_teacher, tiny_data, max_steps=6, checkpoint_every=1)
+        c.critic_warmup, c.warmup_steps, c.lr, c.keep_checkpoints = 1, warmup, 1e-3, 9
+        folder = distill(c, progress=False)
+        first = load_file(out / "checkpoint-2" / "model.safetensors")  # the student's first step
+        moved[warmup] = max((first[k] - init[k]).abs().max().item() for k in init)
+        record = json.loads((folder / "fm_edge.json").read_text())["distillation"]["settings"]
+        assert record["warmup_steps"] == warmup
+    assert 0.5e-3 < moved[0] <= 1.01e-3  # Adam's first step: near lr for the weights it moves most
+    assert moved[4] == pytest.approx(moved[0] / 4, rel=0.02)
+
+
 def test_critic_lr_sets_the_critics_step_only(distilled_teacher, tiny_data, tmp_path):
     from safetensors.torch import load_file
 
@@ -425,6 +447,11 @@ def test_adversarial_cli_errors_are_one_line(distilled_teacher, tmp_path):
         [*argv[:-4], "--critic-warmup", "5000", *argv[-2:]], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--critic-warmup" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = subprocess.run(
+        [*argv[:-4], "--warmup-steps", "-3", *argv[-2:]], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--warmup-steps" in r.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -262,6 +262,8 @@ def test_teacher_sampler_metadata_counts_both_guidance_rows(tiny_onnx):
         (dict(pairs=0), "--pairs must be >= 1"),
         (dict(student_steps=3), "--student-steps must be 1 or 2"),
         (dict(lr=-1.0), "--lr"),
+        (dict(warmup_steps=-1), "--warmup-steps must be >= 0 and below --max-steps"),
+        (dict(warmup_steps=4), "--warmup-steps must be >= 0 and below --max-steps"),
         (dict(device="tpu"), "--device 'tpu' is unknown"),
         (dict(teacher_solver="rk4"), "unknown teacher solver 'rk4'"),
         (dict(method="progressive", teacher_solver="heun", teacher_steps=4), "--teacher-solver euler"),
