@@ -89,9 +89,7 @@ class DistillConfig:
     batch_size: int = 64
     lr: float = 3e-4
     lr_schedule: str = "constant"  # progressive: decays within each round; pairs: over the run
-    warmup_steps: int = (
-        0  # linear learning-rate warm-up (progressive: of each round; adversarial: after the critic's)
-    )
+    warmup_steps: int = 0  # linear lr warm-up (progressive: of each round; adversarial: after the critic's)
     max_steps: int = 1000
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -705,8 +703,8 @@ class Adversarial(Pairs):
         they were), then the schedule over the remaining steps."""
         from fm_edge.loop import lr_factor
 
-        w = self.cfg.critic_warmup
         cfg = self.cfg
+        w = cfg.critic_warmup
         return 0.0 if step < w else lr_factor(step - w, cfg.max_steps - w, cfg.warmup_steps, cfg.lr_schedule)
 
     def postfix(self, step: int) -> dict:
